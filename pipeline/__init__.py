@@ -1,0 +1,10 @@
+"""gradcam-audit: batch Grad-CAM audits of Keras image classifiers."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+
+__version__ = "0.1.0"
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

@@ -1,0 +1,17 @@
+"""CAM methods: small plugins over one shared base, chosen by `cam.name`."""
+
+from pipeline.cam.base import CamMethod
+from pipeline.cam.gradcam import GradCam
+from pipeline.config import ConfigError
+
+METHODS: dict[str, type[CamMethod]] = {cls.name: cls for cls in (GradCam,)}
+
+
+def get_method(name: str) -> CamMethod:
+    """The CAM method registered under `name`."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown cam method {name!r}; expected one of {', '.join(METHODS)}")
+    return METHODS[name]()
+
+
+__all__ = ["CamMethod", "GradCam", "METHODS", "get_method"]

@@ -1,0 +1,84 @@
+"""Typed config schema (registered in Hydra's ConfigStore) and the config error type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+class ConfigError(ValueError):
+    """A problem with the configuration or its inputs, found before any work: exit code 2."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = (
+        "demo"  # preset: demo | custom | xception | resnet50 | mobilenet_v2 | efficientnet_b0
+    )
+    path: str | None = None  # custom: .keras, .h5 or a SavedModel folder
+    weights: str | None = None  # presets: imagenet | null | a weights file
+    layer: str = "auto"  # target layer name, or auto: last 4-D layer with spatial size > 1
+    preprocess: str = "none"  # none|unit|symmetric|caffe|torch|package.module:function
+    class_names: Any = None  # a list, a text file (one name per line), or null
+    score: str = "logits"  # logits: explain pre-softmax scores; probs: the model's output
+    topk: int = 5
+    input_size: list[int] | None = None  # [height, width] when the model does not fix it
+
+
+@dataclass
+class CamConfig:
+    name: str = "gradcam"
+
+
+@dataclass
+class DataConfig:
+    manifest: str | None = None  # CSV, Parquet or JSON Lines; null with model=demo: the demo set
+    num_parallel_calls: int = -1  # decode threads; -1 = tf.data.AUTOTUNE
+    prefetch: int = 2  # batches decoded ahead of the model
+    max_pixels: int = 178_956_970  # larger images are refused before decoding
+
+
+@dataclass
+class HeatmapsConfig:
+    enabled: bool = True
+    resolution: str = "layer"  # layer: target layer's grid; input: model input size
+
+
+@dataclass
+class OverlaysConfig:
+    enabled: bool = True
+    alpha: float = 0.4
+    max_side: int = 512
+    quality: int = 90
+
+
+@dataclass
+class DemoConfig:
+    cache_dir: str | None = None  # default: $XDG_CACHE_HOME/gradcam-audit (or ~/.cache/...)
+    n_per_class: int = 64
+    image_size: int = 96
+    epochs: int = 12
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    heatmaps: HeatmapsConfig = field(default_factory=HeatmapsConfig)
+    overlays: OverlaysConfig = field(default_factory=OverlaysConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    target: Any = "pred"  # pred | label | an integer class index
+    batch_size: int = 32
+    seed: int = 0
+    output_dir: str = "outputs/${now:%Y-%m-%d_%H-%M-%S}"
+    progress: bool = True  # tqdm bar
+    writer_threads: int = 2  # threads writing .npy and overlay files
+
+
+def register_configs() -> None:
+    """Register the schema so conf/config.yaml can extend it."""
+    ConfigStore.instance().store(name="schema", node=Config)

@@ -1,0 +1,162 @@
+"""tf.data: manifest paths -> decoded, resized batches (+ row ids, overlay bases, load errors)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+Image.MAX_IMAGE_PIXELS = None  # we refuse oversized images ourselves, before decoding
+
+
+class LoadError(Exception):
+    """An image that cannot be used; the message becomes the row's `error`."""
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grayscale -> 8-bit 'L' by scaling, not clipping."""
+    arr = np.asarray(im)
+    if im.mode == "F":
+        top = float(arr.max()) if arr.size else 1.0
+        scale = 255.0 / (top if top > 1.0 else 1.0)
+    else:
+        scale = 255.0 / 65535.0 if arr.max(initial=0) > 255 else 1.0
+    return Image.fromarray(np.clip(arr.astype(np.float64) * scale, 0, 255).astype(np.uint8), "L")
+
+
+def open_image(
+    path: str, mode: str, max_pixels: int, draft_side: int = 0
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Open, check and decode one image as `mode` ('RGB' or 'L'), EXIF rotation applied.
+
+    Returns the image and the original (height, width) as displayed. Raises LoadError with a
+    message naming the cause.
+    """
+    if not path:
+        raise LoadError("empty path in manifest")
+    if not os.path.exists(path):
+        raise LoadError(f"file not found: {path}")
+    if os.path.isdir(path):
+        raise LoadError(f"is a directory, not an image: {path}")
+    if os.path.getsize(path) == 0:
+        raise LoadError("empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise LoadError(
+                    f"image is {width}x{height} = {width * height} pixels, over "
+                    f"data.max_pixels={max_pixels}; refused before decoding"
+                )
+            orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+            if orientation in (5, 6, 7, 8):
+                width, height = height, width
+            if draft_side and im.format == "JPEG":  # let libjpeg decode at a reduced scale
+                im.draft(mode, (draft_side, draft_side))
+            im.seek(0)  # first frame / page of animated or multi-page files
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                im = _to_8bit(im)
+            elif im.mode == "P":
+                im = im.convert("RGBA")
+            if im.mode != mode:
+                im = im.convert(mode)
+            return im, (height, width)
+    except LoadError:
+        raise
+    except UnidentifiedImageError:
+        raise LoadError("not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        message = str(exc) or type(exc).__name__
+        if "truncated" in message:
+            raise LoadError(f"truncated or corrupt image ({message})") from None
+        raise LoadError(f"cannot decode image: {message}") from None
+    except Exception as exc:  # anything PIL may raise for a hostile file
+        raise LoadError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+
+
+def fit_side(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(width, height) scaled down so the longest side is at most max_side."""
+    w, h = size
+    scale = min(1.0, max_side / max(w, h))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def load_example(
+    path: str, size: tuple[int, int], channels: int, base_side: int, max_pixels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool, bytes]:
+    """One row: (image (H,W,C) uint8, base (S,S,3) uint8 padded, base_hw, orig_hw, ok, error)."""
+    h, w = size
+    image = np.zeros((h, w, channels), np.uint8)
+    base = np.zeros((max(base_side, 1), max(base_side, 1), 3), np.uint8)
+    base_hw = np.zeros(2, np.int32)
+    orig_hw = np.zeros(2, np.int32)
+    try:
+        mode = "L" if channels == 1 else "RGB"
+        im, (oh, ow) = open_image(path, "RGB", max_pixels, draft_side=max(h, w, base_side))
+        orig_hw[:] = (oh, ow)
+        model_im = im.convert(mode) if mode != "RGB" else im
+        image[:] = np.asarray(model_im.resize((w, h), Image.BILINEAR)).reshape(h, w, channels)
+        if base_side:
+            bw, bh = fit_side(im.size, base_side)
+            base[:bh, :bw] = np.asarray(im.resize((bw, bh), Image.BILINEAR))
+            base_hw[:] = (bh, bw)
+        return image, base, base_hw, orig_hw, True, b""
+    except LoadError as exc:
+        return image, base, base_hw, orig_hw, False, str(exc).encode("utf-8")
+
+
+def make_dataset(
+    paths: Sequence[str],
+    size: tuple[int, int],
+    channels: int,
+    batch_size: int,
+    base_side: int = 0,
+    max_pixels: int = 178_956_970,
+    parallel: int = -1,
+    prefetch: int = 2,
+) -> tf.data.Dataset:
+    """Batches in manifest order: dict(row, image, base, base_hw, orig_hw, ok, error).
+
+    Decoding runs in parallel threads (PIL releases the GIL while decoding); a row that cannot
+    be read keeps its place in the batch with ok=False and a specific error.
+    """
+    h, w = size
+    side = max(base_side, 1)
+    paths = list(paths)
+
+    def load(row: np.ndarray):
+        return load_example(paths[int(row)], size, channels, base_side, max_pixels)
+
+    def load_tf(row: tf.Tensor) -> dict[str, tf.Tensor]:
+        image, base, base_hw, orig_hw, ok, error = tf.numpy_function(
+            load,
+            [row],
+            [tf.uint8, tf.uint8, tf.int32, tf.int32, tf.bool, tf.string],
+            stateful=False,
+        )
+        image.set_shape((h, w, channels))
+        base.set_shape((side, side, 3))
+        base_hw.set_shape((2,))
+        orig_hw.set_shape((2,))
+        ok.set_shape(())
+        error.set_shape(())
+        return {
+            "row": row,
+            "image": image,
+            "base": base,
+            "base_hw": base_hw,
+            "orig_hw": orig_hw,
+            "ok": ok,
+            "error": error,
+        }
+
+    calls = tf.data.AUTOTUNE if parallel is None or parallel < 1 else parallel
+    ds = tf.data.Dataset.range(len(paths))
+    ds = ds.map(load_tf, num_parallel_calls=calls, deterministic=True)
+    ds = ds.batch(batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE if prefetch < 0 else prefetch)

@@ -1,0 +1,394 @@
+"""Load a preset or a model file, find the target layer, split the graph around it."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from pipeline.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+PRESETS: dict[str, tuple[str, int]] = {  # name -> (keras.applications constructor, input side)
+    "xception": ("Xception", 299),
+    "resnet50": ("ResNet50", 224),
+    "mobilenet_v2": ("MobileNetV2", 224),
+    "efficientnet_b0": ("EfficientNetB0", 224),
+}
+SQUASHING = ("softmax", "sigmoid")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the compiled step.
+
+    `head` maps images to the target layer's activations; `tail` maps those to scores. When the
+    graph cannot be cut at the layer (a skip connection jumps over it), `tail` is None and `full`
+    maps images to (activations, scores) under one tape instead.
+    """
+
+    model: keras.Model
+    head: keras.Model | None
+    tail: keras.Model | None
+    full: keras.Model
+    layer_name: str
+    input_size: tuple[int, int]  # (height, width)
+    channels: int
+    class_names: list[str]
+    output_activation: str  # "softmax" | "sigmoid" | "linear": applied to scores -> outputs
+    preprocess: Callable[[tf.Tensor], tf.Tensor]
+    source: str  # a file path, or "keras.applications.<Name>"
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def _caffe(x: tf.Tensor) -> tf.Tensor:
+    return x[..., ::-1] - tf.constant([103.939, 116.779, 123.68])
+
+
+def _torch(x: tf.Tensor) -> tf.Tensor:
+    mean = tf.constant([0.485, 0.456, 0.406])
+    std = tf.constant([0.229, 0.224, 0.225])
+    return (x / 255.0 - mean) / std
+
+
+BUILTIN_PREPROCESS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    "none": lambda x: x,
+    "unit": lambda x: x / 255.0,
+    "symmetric": lambda x: x / 127.5 - 1.0,
+    "caffe": _caffe,
+    "torch": _torch,
+}
+
+
+def resolve_preprocess(spec: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Map `model.preprocess` to a function of a float32 (B,H,W,C) batch in 0..255."""
+    if spec in BUILTIN_PREPROCESS:
+        return BUILTIN_PREPROCESS[spec]
+    if ":" not in spec:
+        raise ConfigError(
+            f"model.preprocess={spec!r} is unknown; expected one of "
+            f"{', '.join(BUILTIN_PREPROCESS)} or package.module:function"
+        )
+    module_name, func_name = spec.split(":", 1)
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"model.preprocess={spec!r} cannot be imported: {exc}") from exc
+    if not callable(func):
+        raise ConfigError(f"model.preprocess={spec!r} is not a function")
+    return func
+
+
+# ----------------------------------------------------------------------------- class names
+
+
+def imagenet_class_names() -> list[str] | None:
+    """ImageNet names from Keras's cached index file, if a previous online use left it."""
+    index = Path(keras.config.keras_home() if hasattr(keras.config, "keras_home") else "~/.keras")
+    index = index.expanduser() / "models" / "imagenet_class_index.json"
+    if not index.is_file():
+        return None
+    table = json.loads(index.read_text())
+    return [table[str(i)][1] for i in range(len(table))]
+
+
+def resolve_class_names(spec: object, n_classes: int, preset: bool) -> list[str]:
+    """Class names from a list, a text file, ImageNet's index (presets) or indices."""
+    if spec is None:
+        names = imagenet_class_names() if preset and n_classes == 1000 else None
+        return names or [str(i) for i in range(n_classes)]
+    if isinstance(spec, str):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.class_names file not found: {spec}")
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        names = [n for n in names if n]
+    else:
+        names = [str(n) for n in spec]
+    if len(names) != n_classes:
+        raise ConfigError(
+            f"model.class_names has {len(names)} names but the model has {n_classes} outputs"
+        )
+    return names
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _is_graph_model(layer: object) -> bool:
+    """A Functional model, or a built Sequential (which wraps one)."""
+    return _graph_of(layer) is not None
+
+
+def _graph_of(model: object):
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    if isinstance(model, keras.Model) and hasattr(model, "_nodes_by_depth"):
+        return model
+    return None
+
+
+def _output_shape(layer: keras.layers.Layer) -> tuple | None:
+    try:
+        out = layer.output
+    except (AttributeError, ValueError):
+        return None
+    if isinstance(out, (list, tuple)):
+        return None
+    return tuple(out.shape)
+
+
+def walk_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """All layers in graph order, nested models expanded in place (the nested model follows)."""
+    found: list[keras.layers.Layer] = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found.extend(walk_layers(layer))
+        found.append(layer)
+    return found
+
+
+def spatial_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Layers whose single output is 4-D with spatial size > 1: the candidate target layers."""
+    picks = []
+    for layer in walk_layers(model):
+        if isinstance(layer, (keras.layers.InputLayer, keras.Model)):
+            continue
+        shape = _output_shape(layer)
+        if shape is not None and len(shape) == 4 and ((shape[1] or 2) > 1 or (shape[2] or 2) > 1):
+            picks.append(layer)
+    return picks
+
+
+def find_layer(model: keras.Model, name: str) -> keras.layers.Layer:
+    """The layer named `name` (searching nested models), or the last spatial one for `auto`."""
+    candidates = spatial_layers(model)
+    if name == "auto":
+        if not candidates:
+            raise ConfigError(
+                "model.layer=auto found no layer with a 4-D output of spatial size > 1; "
+                "is this an image CNN?"
+            )
+        return candidates[-1]
+    matches = [layer for layer in walk_layers(model) if layer.name == name]
+    if not matches:
+        names = ", ".join(layer.name for layer in candidates[-12:]) or "(none)"
+        raise ConfigError(
+            f"model.layer {name!r} not found; the last 4-D layers are: {names} "
+            f"(or use model.layer=auto)"
+        )
+    layer = matches[-1]
+    shape = _output_shape(layer)
+    if shape is None or len(shape) != 4:
+        raise ConfigError(
+            f"model.layer {name!r} has output shape {shape}; Grad-CAM needs a 4-D "
+            "(batch, height, width, channels) output"
+        )
+    return layer
+
+
+def _contains(model: keras.Model, layer: keras.layers.Layer) -> bool:
+    return any(inner is layer for inner in walk_layers(model))
+
+
+def _output_layer(model: keras.Model) -> keras.layers.Layer:
+    """The layer producing the model's (single) output, looking into nested models."""
+    graph = _graph_of(model)
+    layer = graph.outputs[0]._keras_history.operation
+    if isinstance(layer, keras.Model) and _is_graph_model(layer):
+        return _output_layer(layer)
+    return layer
+
+
+def _activation_name(layer: keras.layers.Layer) -> str:
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    act = getattr(layer, "activation", None)
+    return getattr(act, "__name__", "linear") if act is not None else "linear"
+
+
+def _linear_copy(layer: keras.layers.Layer) -> Callable:
+    """A call that gives `layer`'s pre-activation output, leaving the user's layer untouched."""
+    if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
+        return lambda x, *args, **kwargs: x
+    config = dict(layer.get_config(), activation="linear", name=f"{layer.name}_preact")
+    clone = layer.__class__.from_config(config)
+    clone.build(layer.input.shape)
+    clone.set_weights(layer.get_weights())
+    return lambda *args, **kwargs: clone(*args, **kwargs)
+
+
+def _replay(model: keras.Model, inputs, swap: dict[int, tuple[keras.layers.Layer, Callable]]):
+    """Run `model`'s graph on `inputs`; swap maps id(layer) -> (layer, call used instead)."""
+    graph = _graph_of(model)
+
+    def op_fn(op):
+        if id(op) in swap:
+            return swap[id(op)][1]
+        if _is_graph_model(op) and any(_contains(op, layer) for layer, _ in swap.values()):
+            return lambda x, *args, **kwargs: _replay(op, x, swap)
+        return op
+
+    return graph._run_through_graph(inputs, operation_fn=op_fn)
+
+
+def split_model(
+    model: keras.Model, layer: keras.layers.Layer, score: str
+) -> tuple[keras.Model, keras.Model | None, keras.Model, str]:
+    """Cut `model` at `layer`: (head, tail, full, output activation).
+
+    The scores are the pre-activation ones when the model ends in softmax/sigmoid and
+    score == "logits", so the maps follow the class evidence, as the Grad-CAM paper does;
+    the returned activation turns them back into the model's outputs.
+    """
+    if _graph_of(model) is None:
+        raise ConfigError(
+            f"{type(model).__name__} is a subclassed model; Grad-CAM needs its layer graph: "
+            "save a Functional or Sequential model"
+        )
+    out_layer = _output_layer(model)
+    activation = _activation_name(out_layer)
+    swap: dict[int, tuple[keras.layers.Layer, Callable]] = {}
+    if activation in SQUASHING and score == "logits":
+        swap[id(out_layer)] = (out_layer, _linear_copy(out_layer))
+    else:  # no squashing, or score=probs: explain the model's output as it is
+        activation = "linear"
+
+    captured: dict[str, object] = {}
+
+    def capture(*args, **kwargs):
+        captured["acts"] = layer(*args, **kwargs)
+        return captured["acts"]
+
+    inp = keras.Input(shape=model.input_shape[1:], name="image")
+    scores = _replay(model, inp, {**swap, id(layer): (layer, capture)})
+    full = keras.Model(inp, [captured["acts"], scores], name="gradcam_full")
+    head = keras.Model(inp, captured["acts"], name="gradcam_head")
+
+    acts_in = keras.Input(shape=tuple(captured["acts"].shape[1:]), name="acts")
+    try:
+        tail_scores = _replay(model, inp, {**swap, id(layer): (layer, lambda *a, **k: acts_in)})
+        tail = keras.Model(acts_in, tail_scores, name="gradcam_tail")
+    except ValueError as exc:  # the graph reaches around the layer: tape the whole forward
+        log.info("cannot cut the graph at %s (%s); taping the full forward pass", layer.name, exc)
+        tail = None
+    return head, tail, full, activation
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _load_file(path: str) -> keras.Model:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"model.path not found: {path}")
+    if p.is_dir():
+        raise ConfigError(
+            f"model.path {path} is a SavedModel folder; Keras 3 cannot rebuild its layers, "
+            "which Grad-CAM needs. Re-save it with model.save('model.keras')"
+        )
+    if p.suffix not in (".keras", ".h5", ".hdf5"):
+        raise ConfigError(f"model.path {path}: expected a .keras or .h5 file")
+    try:
+        return keras.models.load_model(p, compile=False)
+    except Exception as exc:  # keras raises many types for unreadable files
+        raise ConfigError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_preset(name: str, weights: str | None) -> keras.Model:
+    constructor, side = PRESETS[name]
+    build = getattr(keras.applications, constructor)
+    try:
+        return build(weights=weights, input_shape=(side, side, 3))
+    except Exception as exc:
+        raise ConfigError(f"cannot build preset {name} with weights={weights}: {exc}") from exc
+
+
+def load_model(
+    name: str,
+    path: str | None,
+    weights: str | None,
+    layer: str,
+    preprocess: str,
+    class_names: object,
+    score: str,
+    input_size: list[int] | None,
+) -> LoadedModel:
+    """Load a preset or a file and prepare it for batched Grad-CAM."""
+    if score not in ("logits", "probs"):
+        raise ConfigError(f"model.score={score!r}; expected logits or probs")
+    prep = resolve_preprocess(preprocess)
+    if name in PRESETS:
+        model = _load_preset(name, weights)
+        source = f"keras.applications.{PRESETS[name][0]}"
+    elif name in ("custom", "demo"):
+        if not path:
+            raise ConfigError("model=custom needs model.path=<.keras or .h5 file>")
+        model = _load_file(path)
+        source = str(path)
+    else:
+        raise ConfigError(
+            f"unknown model preset {name!r}; expected one of "
+            f"{', '.join(['custom', 'demo', *PRESETS])}"
+        )
+    if isinstance(model.input_shape, list) or len(model.input_shape) != 4:
+        raise ConfigError(
+            f"model input shape {model.input_shape}; expected one (batch, height, width, "
+            "channels) image input"
+        )
+    _, h, w, c = model.input_shape
+    if c not in (1, 3):
+        raise ConfigError(f"model takes {c} channels; expected 1 (grayscale) or 3 (RGB)")
+    if h is None or w is None:
+        if not input_size:
+            raise ConfigError(
+                "the model accepts any image size: set model.input_size=[height,width]"
+            )
+        h, w = int(input_size[0]), int(input_size[1])
+        model = _fix_input_size(model, (h, w, c))
+    if len(model.outputs) != 1 or len(model.output_shape) != 2:
+        raise ConfigError(
+            f"model output shape {model.output_shape}; expected one (batch, classes) output"
+        )
+    target = find_layer(model, layer)
+    head, tail, full, activation = split_model(model, target, score)
+    names = resolve_class_names(class_names, model.output_shape[-1], name in PRESETS)
+    log.info(
+        "model %s: input %dx%dx%d, layer %s %s, %d classes, %s",
+        source,
+        h,
+        w,
+        c,
+        target.name,
+        tuple(target.output.shape[1:]),
+        len(names),
+        "cut after the layer" if tail is not None else "full tape",
+    )
+    return LoadedModel(
+        model=model,
+        head=head,
+        tail=tail,
+        full=full,
+        layer_name=target.name,
+        input_size=(int(h), int(w)),
+        channels=int(c),
+        class_names=names,
+        output_activation=activation,
+        preprocess=prep,
+        source=source,
+    )
+
+
+def _fix_input_size(model: keras.Model, shape: tuple[int, int, int]) -> keras.Model:
+    """Rebuild a size-agnostic graph on a fixed input so every layer has a static shape."""
+    inp = keras.Input(shape=shape)
+    return keras.Model(inp, _replay(model, inp, {}))

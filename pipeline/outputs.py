@@ -1,0 +1,145 @@
+"""Writers: heatmap arrays, overlays, the Parquet summary, run.json. All writes are atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("id", pa.string()),
+        ("path", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("warning", pa.string()),
+        ("label", pa.string()),
+        ("label_index", pa.int32()),
+        ("group", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("x0", pa.float64()),
+        ("y0", pa.float64()),
+        ("x1", pa.float64()),
+        ("y1", pa.float64()),
+        ("pred_index", pa.int32()),
+        ("pred_label", pa.string()),
+        ("pred_score", pa.float32()),
+        ("topk_index", pa.list_(pa.int32())),
+        ("topk_score", pa.list_(pa.float32())),
+        ("target_index", pa.int32()),
+        ("target_label", pa.string()),
+        ("target_score", pa.float32()),
+        ("correct", pa.bool_()),
+        ("heatmap_path", pa.string()),
+        ("overlay_path", pa.string()),
+        ("cam_max", pa.float32()),
+        ("cam_mean", pa.float32()),
+        ("cam_entropy", pa.float32()),
+        ("peak_x", pa.float32()),
+        ("peak_y", pa.float32()),
+        ("centroid_x", pa.float32()),
+        ("centroid_y", pa.float32()),
+        ("spread", pa.float32()),
+        ("coverage", pa.float32()),
+        ("border_fraction", pa.float32()),
+        ("energy_in_box", pa.float32()),
+        ("pointing_hit", pa.bool_()),
+    ]
+)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(row: int, row_id: str, max_len: int = 80) -> str:
+    """A file stem from a row number and an id: unique, no separators, never '..'-escaping."""
+    slug = _UNSAFE.sub("_", row_id).strip("._") or "image"
+    return f"{row:07d}-{slug[-max_len:]}"
+
+
+def _atomic(path: Path, write) -> None:
+    """Call write(tmp_path), then rename onto `path`: readers never see a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_heatmap(path: Path, heatmap: np.ndarray) -> None:
+    """One map (h,w) float32 as .npy."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, heatmap.astype(np.float32, copy=False))
+
+    _atomic(path, write)
+
+
+def blend_overlay(base: np.ndarray, colour: np.ndarray, alpha: float) -> Image.Image:
+    """Jet-coloured map (H,W,3) resized onto base (h,w,3): (1-alpha)*base + alpha*colour."""
+    h, w = base.shape[:2]
+    colour_im = Image.fromarray(colour).resize((w, h), Image.BILINEAR)
+    return Image.blend(Image.fromarray(base), colour_im, alpha)
+
+
+def save_overlay(
+    path: Path, base: np.ndarray, colour: np.ndarray, alpha: float, quality: int
+) -> None:
+    """The overlay as a JPEG."""
+    image = blend_overlay(base, colour, alpha)
+    _atomic(path, lambda tmp: image.save(tmp, format="JPEG", quality=quality))
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Pretty JSON, atomically."""
+    text = json.dumps(payload, indent=2, sort_keys=False, default=str)
+    _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+
+
+class SummaryWriter:
+    """Appends row batches to summary.parquet under a temporary name; `close` publishes it."""
+
+    def __init__(self, path: Path, schema: pa.Schema = SUMMARY_SCHEMA):
+        self.path = Path(path)
+        self.schema = schema
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._writer = pq.ParquetWriter(self._tmp, schema)
+        self.rows = 0
+
+    def write(self, columns: dict[str, list | np.ndarray]) -> None:
+        """Append one batch: a value list/array per schema column (missing columns -> nulls)."""
+        n = len(next(iter(columns.values())))
+        arrays = []
+        for field in self.schema:
+            values = columns.get(field.name)
+            if values is None:
+                arrays.append(pa.nulls(n, field.type))
+            else:
+                arrays.append(pa.array(values, type=field.type, from_pandas=True))
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+        self.rows += n
+
+    def close(self) -> None:
+        """Finish the file and rename it into place."""
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)

@@ -1,0 +1,415 @@
+"""run(cfg) wires the stages; main() is the Hydra shell around it (the only reader of the config)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import re
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from pipeline import CONF_DIR, __version__
+from pipeline.config import ConfigError, register_configs
+from pipeline.manifest import BOX_COLUMNS, read_manifest, resolve_labels
+from pipeline.outputs import SummaryWriter, safe_name, save_heatmap, save_overlay, write_json
+from pipeline.stats import STAT_COLUMNS
+
+log = logging.getLogger(__name__)
+PENDING_BATCHES = 2  # batches whose files may still be in flight before their rows are written
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    rows: int
+    ok: int
+    errors: int
+    seconds: float
+    class_table: str
+
+
+def sha256(path: Path) -> str | None:
+    """SHA-256 of a file (None for anything else)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def normalise_boxes(boxes: np.ndarray, orig_hw: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    """Pixel boxes (B,4) + image sizes (B,2) -> ([0,1] boxes (B,4), valid (B,), warnings)."""
+    h = orig_hw[:, 0:1].astype(np.float64)
+    w = orig_hw[:, 1:2].astype(np.float64)
+    present = np.isfinite(boxes)
+    complete = present.all(axis=1)
+    x0, y0, x1, y1 = (boxes[:, i] for i in range(4))
+    with np.errstate(invalid="ignore"):
+        ordered = (x1 > x0) & (y1 > y0)
+        inside = (x0 >= -1) & (y0 >= -1) & (x1 <= w[:, 0] + 1) & (y1 <= h[:, 0] + 1)
+        scale = np.concatenate([w, h, w, h], axis=1)
+        norm = np.clip(np.nan_to_num(boxes / np.maximum(scale, 1)), 0.0, 1.0).astype(np.float32)
+    valid = complete & ordered & inside
+    warnings: list[str | None] = []
+    for i in range(len(boxes)):
+        if present[i].any() and not complete[i]:
+            warnings.append("incomplete box (needs x0, y0, x1, y1); box statistics left empty")
+        elif complete[i] and not ordered[i]:
+            warnings.append("box has x1<=x0 or y1<=y0; box statistics left empty")
+        elif complete[i] and not inside[i]:
+            warnings.append(
+                f"box {tuple(boxes[i])} lies outside the {int(w[i, 0])}x{int(h[i, 0])} image; "
+                "box statistics left empty"
+            )
+        else:
+            warnings.append(None)
+    return norm, valid, warnings
+
+
+def _join(*messages: str | None) -> str | None:
+    parts = [m for m in messages if m]
+    return "; ".join(parts) if parts else None
+
+
+def _nullable(values: np.ndarray, keep: np.ndarray) -> list:
+    """Values as a list with None where keep is False (and where float values are NaN)."""
+    out = []
+    for value, k in zip(values.tolist(), keep):
+        if not k or (isinstance(value, float) and value != value):
+            out.append(None)
+        else:
+            out.append(value)
+    return out
+
+
+def class_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """A short per-class view of the run, by explained class: n, accuracy, attention stats."""
+    ok = summary[summary["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    grouped = ok.groupby("target_label", sort=True)
+    table = pd.DataFrame({"n": grouped.size()})
+    if ok["correct"].notna().any():
+        table["accuracy"] = grouped["correct"].mean()
+    for col in ("pred_score", "energy_in_box", "pointing_hit", "border_fraction", "cam_entropy"):
+        values = ok[col].astype(float)
+        if values.notna().any():
+            table[col] = values.groupby(ok["target_label"]).mean()
+    table.index.name = "class"
+    return table
+
+
+def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
+    """Audit one manifest with one model as configured; returns counts and the class table."""
+    from pipeline.cam import get_method
+    from pipeline.data import make_dataset
+    from pipeline.demo import ensure_demo
+    from pipeline.model import load_model
+    from pipeline.step import TARGET_LABEL, build_step, target_code
+
+    started = time.perf_counter()
+    out = Path(output_dir if output_dir is not None else cfg.output_dir)
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size}; expected a positive integer")
+    if cfg.heatmaps.resolution not in ("layer", "input"):
+        raise ConfigError(
+            f"heatmaps.resolution={cfg.heatmaps.resolution!r}; expected layer or input"
+        )
+    if not 0.0 <= cfg.overlays.alpha <= 1.0:
+        raise ConfigError(f"overlays.alpha={cfg.overlays.alpha}; expected a value in [0, 1]")
+    if cfg.overlays.max_side < 8:
+        raise ConfigError(f"overlays.max_side={cfg.overlays.max_side}; expected at least 8")
+
+    model_cfg = cfg.model
+    manifest_path = cfg.data.manifest
+    model_path = None if OmegaConf.is_missing(model_cfg, "path") else model_cfg.path
+    class_names = OmegaConf.to_container(model_cfg, resolve=True)["class_names"]
+    if model_cfg.name == "demo":
+        demo = cfg.demo
+        assets = ensure_demo(
+            demo.cache_dir, demo.n_per_class, demo.image_size, demo.epochs, demo.seed
+        )
+        model_path = model_path or str(assets.model)
+        class_names = class_names if class_names is not None else str(assets.class_names)
+        manifest_path = manifest_path or str(assets.manifest)
+    if not manifest_path:
+        raise ConfigError("data.manifest is required: data.manifest=images.csv (or run the demo)")
+
+    table = read_manifest(manifest_path)
+    loaded = load_model(
+        model_cfg.name,
+        model_path,
+        model_cfg.weights,
+        model_cfg.layer,
+        model_cfg.preprocess,
+        class_names,
+        model_cfg.score,
+        model_cfg.input_size,
+    )
+    method = get_method(cfg.cam.name)
+    names = loaded.class_names
+    code = target_code(cfg.target, len(names))
+    label_index, label_warnings = resolve_labels(table["label"], names)
+    step = build_step(loaded, method, cfg.model.topk, code, colourise=cfg.overlays.enabled)
+
+    out.mkdir(parents=True, exist_ok=True)
+    heat_dir, overlay_dir = out / "heatmaps", out / "overlays"
+    base_side = cfg.overlays.max_side if cfg.overlays.enabled else 0
+    dataset = make_dataset(
+        table["path"].tolist(),
+        loaded.input_size,
+        loaded.channels,
+        cfg.batch_size,
+        base_side=base_side,
+        max_pixels=cfg.data.max_pixels,
+        parallel=cfg.data.num_parallel_calls,
+        prefetch=cfg.data.prefetch,
+    )
+    boxes_px = table[BOX_COLUMNS].to_numpy(np.float64)  # (N,4)
+    stems = [safe_name(r, i) for r, i in zip(table["row"], table["id"])]
+    writer = SummaryWriter(out / "summary.parquet")
+    pool = ThreadPoolExecutor(max_workers=max(1, cfg.writer_threads), thread_name_prefix="writer")
+    pending: deque[tuple[dict, list[Future]]] = deque()
+    counts = {"ok": 0, "error": 0}
+    compute_start = time.perf_counter()
+
+    def flush(limit: int) -> None:
+        while len(pending) > limit:
+            columns, futures = pending.popleft()
+            for future in futures:
+                future.result()  # a failed write stops the run: nothing half-done looks whole
+            writer.write(columns)
+
+    log.info("auditing %d rows from %s -> %s", len(table), manifest_path, out)
+    bar = tqdm(total=len(table), unit="img", disable=not cfg.progress, dynamic_ncols=True)
+    try:
+        for batch in dataset:
+            rows = batch["row"].numpy()
+            ok = batch["ok"].numpy()
+            errors = [e.decode("utf-8") or None for e in batch["error"].numpy()]
+            orig_hw = batch["orig_hw"].numpy()
+            labels = label_index[rows]
+            boxes, box_valid, box_warnings = normalise_boxes(boxes_px[rows], orig_hw)
+            res = {
+                k: v.numpy() for k, v in step(batch["image"], labels, boxes, box_valid & ok).items()
+            }
+            if code == TARGET_LABEL:
+                for i in np.flatnonzero(ok & (labels < 0)):
+                    ok[i] = False
+                    errors[i] = "target=label but the row has no usable label"
+            futures: list[Future] = []
+            heat_paths: list[str | None] = [None] * len(rows)
+            overlay_paths: list[str | None] = [None] * len(rows)
+            bases = batch["base"].numpy() if base_side else None
+            base_hw = batch["base_hw"].numpy()
+            maps = res["map_input"] if cfg.heatmaps.resolution == "input" else res["map"]
+            for i in np.flatnonzero(ok):
+                stem = stems[rows[i]]
+                if cfg.heatmaps.enabled:
+                    heat_paths[i] = f"heatmaps/{stem}.npy"
+                    futures.append(pool.submit(save_heatmap, heat_dir / f"{stem}.npy", maps[i]))
+                if base_side:
+                    overlay_paths[i] = f"overlays/{stem}.jpg"
+                    bh, bw = base_hw[i]
+                    futures.append(
+                        pool.submit(
+                            save_overlay,
+                            overlay_dir / f"{stem}.jpg",
+                            bases[i, :bh, :bw],
+                            res["colour"][i],
+                            cfg.overlays.alpha,
+                            cfg.overlays.quality,
+                        )
+                    )
+            has_label = labels >= 0
+            sub = table.iloc[rows]
+            columns = {
+                "row": rows,
+                "id": sub["id"].tolist(),
+                "path": sub["manifest_path"].tolist(),
+                "status": np.where(ok, "ok", "error").tolist(),
+                "error": [None if k else e for k, e in zip(ok, errors)],
+                "warning": [_join(label_warnings[r], bw) for r, bw in zip(rows, box_warnings)],
+                "label": sub["label"].tolist(),
+                "label_index": _nullable(labels, has_label),
+                "group": sub["group"].tolist(),
+                "width": _nullable(orig_hw[:, 1], ok),
+                "height": _nullable(orig_hw[:, 0], ok),
+                **{c: sub[c].tolist() for c in BOX_COLUMNS},
+                "pred_index": _nullable(res["pred_index"], ok),
+                "pred_label": [names[p] if k else None for p, k in zip(res["pred_index"], ok)],
+                "pred_score": _nullable(res["pred_score"], ok),
+                "topk_index": [t.tolist() if k else None for t, k in zip(res["topk_index"], ok)],
+                "topk_score": [t.tolist() if k else None for t, k in zip(res["topk_score"], ok)],
+                "target_index": _nullable(res["target_index"], ok),
+                "target_label": [names[t] if k else None for t, k in zip(res["target_index"], ok)],
+                "target_score": _nullable(res["target_score"], ok),
+                "correct": _nullable(res["pred_index"] == labels, ok & has_label),
+                "heatmap_path": heat_paths,
+                "overlay_path": overlay_paths,
+                "cam_max": _nullable(res["cam_max"], ok),
+                **{c: _nullable(res[c], ok) for c in STAT_COLUMNS if c != "pointing_hit"},
+                "pointing_hit": _nullable(
+                    res["pointing_hit"] > 0.5, ok & ~np.isnan(res["pointing_hit"])
+                ),
+            }
+            n_ok = int(ok.sum())
+            counts["ok"] += n_ok
+            counts["error"] += len(rows) - n_ok
+            pending.append((columns, futures))
+            flush(PENDING_BATCHES)
+            bar.update(len(rows))
+            bar.set_postfix(errors=counts["error"], refresh=False)
+        flush(0)
+        writer.close()
+    except BaseException:
+        bar.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        writer.abort()
+        raise
+    bar.close()
+    pool.shutdown(wait=True)
+    compute_seconds = time.perf_counter() - compute_start
+    seconds = time.perf_counter() - started
+
+    summary = pd.read_parquet(out / "summary.parquet")
+    classes = class_table(summary)
+    write_json(
+        out / "run.json",
+        _run_record(
+            cfg, loaded, manifest_path, model_path, counts, len(table), seconds, compute_seconds
+        ),
+    )
+    rate = len(table) / compute_seconds if compute_seconds > 0 else 0.0
+    log.info(
+        "done: %d rows, %d ok, %d errors in %.1f s (%.1f img/s); outputs in %s",
+        len(table),
+        counts["ok"],
+        counts["error"],
+        seconds,
+        rate,
+        out,
+    )
+    text = classes.to_string(float_format=lambda v: f"{v:.3f}") if not classes.empty else ""
+    return RunResult(out, len(table), counts["ok"], counts["error"], seconds, text)
+
+
+def _run_record(
+    cfg, loaded, manifest_path, model_path, counts, rows, seconds, compute_seconds
+) -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "gradcam_audit": __version__,
+        "counts": {"rows": rows, "ok": counts["ok"], "errors": counts["error"]},
+        "timing": {
+            "seconds": round(seconds, 3),
+            "compute_seconds": round(compute_seconds, 3),
+            "images_per_second": round(rows / compute_seconds, 3) if compute_seconds > 0 else None,
+        },
+        "model": {
+            "source": loaded.source,
+            "sha256": sha256(Path(model_path)) if model_path else None,
+            "weights_sha256": sha256(Path(cfg.model.weights)) if cfg.model.weights else None,
+            "layer": loaded.layer_name,
+            "input_size": list(loaded.input_size),
+            "channels": loaded.channels,
+            "classes": len(loaded.class_names),
+            "output_activation": loaded.output_activation,
+        },
+        "manifest": {"path": str(manifest_path), "sha256": sha256(Path(manifest_path))},
+        "versions": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+        },
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+# ----------------------------------------------------------------------------- command line
+
+_task_started = False
+
+
+def one_line(exc: BaseException) -> str:
+    """A config exception's message folded into one line."""
+    text = str(exc).strip() or type(exc).__name__
+    text = re.sub(r":\s*\n\t", ": ", text)
+    text = re.sub(r"\n\t", ", ", text)
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text.replace(
+        "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", ""
+    ).strip()
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one line on stderr and exit."""
+    print(f"gradcam-audit: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def precheck(argv: list[str]) -> None:
+    """Compose the config from the command line first, so a bad override fails in one line."""
+    from hydra import compose, initialize_config_dir
+
+    if any(arg.startswith("-") for arg in argv):  # --help, --cfg, -m ...: Hydra's own business
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose("config", overrides=argv)
+    except Exception as exc:  # hydra/omegaconf errors for unknown groups, keys, bad values
+        fail(f"bad config: {one_line(exc)}")
+
+
+def task(cfg: DictConfig) -> None:
+    """The Hydra task: run, then print where the outputs are and the per-class table."""
+    global _task_started
+    _task_started = True
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        result = run(cfg, HydraConfig.get().runtime.output_dir)
+    except ConfigError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write outputs: {exc}", code=1)
+    print(
+        f"\naudited {result.rows} rows: {result.ok} ok, {result.errors} errors "
+        f"in {result.seconds:.1f} s"
+    )
+    print(f"outputs: {result.output_dir}  (summary.parquet, heatmaps/, overlays/, run.json)")
+    if result.class_table:
+        print("\nper class (by explained class):")
+        print(result.class_table)
+
+
+def main() -> None:
+    """Console entry point `gradcam-audit` (also `python -m pipeline`)."""
+    import hydra
+
+    register_configs()
+    precheck(sys.argv[1:])
+    entry = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)
+    try:
+        entry()
+    except SystemExit as exc:
+        if exc.code == 1 and not _task_started:  # Hydra rejected the config before the task
+            sys.exit(2)
+        raise

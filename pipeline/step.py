@@ -1,0 +1,117 @@
+"""The compiled batch step: predictions, per-image targets, Grad-CAM, maps, colour, statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.cam.base import CamMethod
+from pipeline.model import LoadedModel
+from pipeline.stats import attention_stats
+
+TARGET_PRED = -1  # target codes baked into the step: pred, label, or a class index >= 0
+TARGET_LABEL = -2
+
+
+def jet_lut() -> np.ndarray:
+    """The classic jet colour map as a (256, 3) uint8 table (no matplotlib needed)."""
+    x = np.linspace(0.0, 1.0, 256)
+    rgb = np.stack([np.clip(1.5 - np.abs(4 * x - c), 0, 1) for c in (3, 2, 1)], axis=1)
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+def target_code(target: object, n_classes: int) -> int:
+    """Map `target` (pred | label | class index) to the code used inside the step."""
+    from pipeline.config import ConfigError
+
+    if target == "pred":
+        return TARGET_PRED
+    if target == "label":
+        return TARGET_LABEL
+    try:
+        index = int(str(target))
+    except ValueError:
+        raise ConfigError(f"target={target!r}; expected pred, label or a class index") from None
+    if not 0 <= index < n_classes:
+        raise ConfigError(f"target={index} is out of range; the model has {n_classes} classes")
+    return index
+
+
+def build_step(
+    loaded: LoadedModel,
+    method: CamMethod,
+    topk: int,
+    target: int,
+    colourise: bool,
+) -> Callable[..., dict[str, tf.Tensor]]:
+    """One tf.function for a whole batch; batch size may vary without retracing.
+
+    Inputs: images (B,H,W,C) uint8, labels (B,) int32 (-1: none), boxes (B,4) float32 in [0,1],
+    box_valid (B,) bool. Outputs: a dict of batched tensors (see the return statement).
+    """
+    h, w = loaded.input_size
+    c = loaded.channels
+    n_classes = len(loaded.class_names)
+    k = max(1, min(topk, n_classes))
+    lut = tf.constant(jet_lut())
+    head, tail, full, prep = loaded.head, loaded.tail, loaded.full, loaded.preprocess
+    squash = {"softmax": tf.nn.softmax, "sigmoid": tf.sigmoid}.get(
+        loaded.output_activation, tf.identity
+    )
+
+    def pick_targets(preds: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:  # (B,) int32
+        if target == TARGET_PRED:
+            return preds
+        if target == TARGET_LABEL:  # rows without a label fall back to pred (marked later)
+            return tf.where(labels >= 0, labels, preds)
+        return tf.fill(tf.shape(preds), tf.constant(target, tf.int32))
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((None, h, w, c), tf.uint8),
+            tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec((None, 4), tf.float32),
+            tf.TensorSpec((None,), tf.bool),
+        ],
+        reduce_retracing=True,
+    )
+    def step(images, labels, boxes, box_valid):
+        x = prep(tf.cast(images, tf.float32))  # (B,H,W,C)
+        with tf.GradientTape() as tape:
+            if tail is not None:  # record only the part after the target layer
+                acts = head(x, training=False)  # (B,h',w',K)
+                tape.watch(acts)
+                scores = tail(acts, training=False)  # (B,N)
+            else:
+                tape.watch(x)
+                acts, scores = full(x, training=False)
+            outputs = squash(scores)  # (B,N): what the model itself outputs
+            topk_score, topk_index = tf.math.top_k(outputs, k=k)  # (B,k)
+            preds = topk_index[:, 0]
+            targets = pick_targets(preds, labels)  # (B,)
+            target_scores = tf.gather(scores, targets, batch_dims=1)  # (B,)
+        grads = tape.gradient(target_scores, acts)  # (B,h',w',K); images are independent
+        raw = method(acts, grads)  # (B,h',w')
+        cam_max = tf.reduce_max(raw, axis=(1, 2))  # (B,)
+        maps = tf.math.divide_no_nan(raw, cam_max[:, None, None])  # all-zero stays zero
+        up = tf.image.resize(maps[..., None], (h, w), method="bilinear")[..., 0]  # (B,H,W)
+        up = tf.clip_by_value(up, 0.0, 1.0)
+        result = {
+            "topk_index": topk_index,
+            "topk_score": topk_score,
+            "pred_index": preds,
+            "pred_score": topk_score[:, 0],
+            "target_index": targets,
+            "target_score": tf.gather(outputs, targets, batch_dims=1),
+            "cam_max": cam_max,
+            "map": maps,
+            "map_input": up,
+            **attention_stats(up, boxes, box_valid),
+        }
+        if colourise:
+            result["colour"] = tf.gather(lut, tf.cast(tf.round(up * 255.0), tf.int32))  # (B,H,W,3)
+        return result
+
+    return step
