@@ -72,7 +72,7 @@ def open_image(
         raise LoadError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError) as exc:
         message = str(exc) or type(exc).__name__
-        if "truncated" in message:
+        if "truncated" in message.lower():
             raise LoadError(f"truncated or corrupt image ({message})") from None
         raise LoadError(f"cannot decode image: {message}") from None
     except Exception as exc:  # anything PIL may raise for a hostile file

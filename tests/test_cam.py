@@ -1,0 +1,146 @@
+"""The compiled batch step against an independent per-image Grad-CAM."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from conftest import N_CLASSES, SIZE, reference_gradcam, tiny_cnn, write_csv
+from PIL import Image
+
+from pipeline.cam import get_method
+from pipeline.model import load_model
+from pipeline.run import run
+from pipeline.step import TARGET_LABEL, TARGET_PRED, build_step
+
+
+def _load(path, layer="auto", score="logits", preprocess="unit"):
+    return load_model("custom", str(path), None, layer, preprocess, None, score, None)
+
+
+def _images(n: int, seed: int = 0, channels: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(n, 4, 4, channels)).astype(np.float32)
+    up = tf.image.resize(coarse, (SIZE, SIZE)).numpy()
+    return np.clip(up + rng.normal(0, 20, up.shape), 0, 255).astype(np.uint8)
+
+
+def _run_step(loaded, images, labels, target=TARGET_LABEL):
+    step = build_step(loaded, get_method("gradcam"), 3, target, colourise=True)
+    n = len(images)
+    return {
+        k: v.numpy()
+        for k, v in step(
+            images, labels.astype(np.int32), np.zeros((n, 4), np.float32), np.zeros(n, bool)
+        ).items()
+    }
+
+
+@pytest.mark.parametrize("name", ["rgb", "softmax_layer", "linear", "gray", "rgb_h5"])
+def test_batch_equals_textbook_reference_with_mixed_targets(model_files, name):
+    loaded = _load(model_files[name])
+    channels = loaded.channels
+    images = _images(10, seed=3, channels=channels)
+    labels = np.arange(10) % N_CLASSES  # every image explains a different class
+    res = _run_step(loaded, images, labels)
+    model = keras.models.load_model(model_files[name])
+    nonzero = 0
+    for i in range(len(images)):
+        ref = reference_gradcam(model, "last_conv", images[i] / 255.0, int(labels[i]))
+        np.testing.assert_allclose(res["map"][i], ref, atol=1e-4, err_msg=f"image {i}")
+        nonzero += ref.max() > 0
+        assert res["target_index"][i] == labels[i]
+    assert nonzero >= 5, "too many empty maps for the comparison to mean anything"
+
+
+def test_batch_of_n_equals_n_batches_of_one(model_files):
+    loaded = _load(model_files["rgb"])
+    images = _images(9, seed=5)
+    labels = np.full(9, -1)
+    whole = _run_step(loaded, images, labels, target=TARGET_PRED)
+    for i in range(len(images)):
+        alone = _run_step(loaded, images[i : i + 1], labels[i : i + 1], target=TARGET_PRED)
+        for key in ("map", "map_input", "cam_max", "pred_index", "topk_score", "border_fraction"):
+            np.testing.assert_allclose(whole[key][i], alone[key][0], atol=1e-5, err_msg=key)
+
+
+def test_probs_score_explains_softmax_output(model_files):
+    """model.score=probs differentiates the softmax output, not the logits."""
+    loaded = _load(model_files["rgb"], score="probs")
+    images = _images(4, seed=7)
+    labels = np.arange(4) % N_CLASSES
+    res = _run_step(loaded, images, labels)
+    model = keras.models.load_model(model_files["rgb"])
+    for i in range(4):
+        ref = reference_gradcam(model, "last_conv", images[i] / 255.0, int(labels[i]), logits=False)
+        np.testing.assert_allclose(res["map"][i], ref, atol=1e-4)
+
+
+def test_all_negative_evidence_gives_zero_map_not_nan(tmp_path):
+    """A class with only negative channel weights: the map is all zeros, never NaN."""
+    model = tiny_cnn(3, head="linear")
+    kernel, bias = model.get_layer("logits").get_weights()
+    kernel[:, 0] = -np.abs(kernel[:, 0]) - 0.1  # class 0: every channel counts against it
+    model.get_layer("logits").set_weights([kernel, bias])
+    path = tmp_path / "neg.keras"
+    model.save(path)
+    loaded = _load(path)
+    res = _run_step(loaded, _images(3), np.zeros(3))
+    assert np.all(res["map"] == 0) and np.all(res["map_input"] == 0)
+    assert np.all(res["cam_max"] == 0)
+    assert not np.isnan(res["map"]).any()
+    assert np.isnan(res["cam_entropy"]).all()  # undefined without mass: stored as null
+
+
+def test_fixed_integer_target(model_files):
+    loaded = _load(model_files["rgb"])
+    res = _run_step(loaded, _images(4), np.full(4, -1), target=2)
+    assert (res["target_index"] == 2).all()
+
+
+def test_label_target_falls_back_to_prediction_without_label(model_files):
+    loaded = _load(model_files["rgb"])
+    res = _run_step(loaded, _images(4), np.array([1, -1, 3, -1]))
+    assert list(res["target_index"][[0, 2]]) == [1, 3]
+    assert list(res["target_index"][[1, 3]]) == list(res["pred_index"][[1, 3]])
+
+
+def test_skip_connection_model_full_tape_matches_reference(model_files):
+    loaded = _load(model_files["skip"], layer="branch")
+    assert loaded.tail is None  # the skip jumps over the layer: no cut possible
+    images = _images(5, seed=11)
+    labels = np.arange(5) % N_CLASSES
+    res = _run_step(loaded, images, labels)
+    model = keras.models.load_model(model_files["skip"])
+    for i in range(5):
+        ref = reference_gradcam(model, "branch", images[i] / 255.0, int(labels[i]))
+        np.testing.assert_allclose(res["map"][i], ref, atol=1e-4)
+
+
+def test_pipeline_heatmaps_match_reference_including_short_last_batch(
+    model_files, image_folder, make_cfg, tmp_path
+):
+    """11 images in batches of 4 (last batch of 3), labels as targets: saved maps == reference."""
+    paths = image_folder(11, seed=2)
+    labels = [i % N_CLASSES for i in range(11)]
+    manifest = write_csv(
+        tmp_path / "m.csv", "path,label", [f"{p.name and 'images/' + p.name},{lab}"
+                                           for p, lab in zip(paths, labels)]
+    )
+    cfg = make_cfg(
+        "model=custom", f"model.path={model_files['rgb']}", "model.preprocess=unit",
+        f"data.manifest={manifest}", "batch_size=4", "target=label",
+    )
+    result = run(cfg)
+    summary = pd.read_parquet(result.output_dir / "summary.parquet")
+    assert len(summary) == 11 and (summary["status"] == "ok").all()
+    model = keras.models.load_model(model_files["rgb"])
+    for i, path in enumerate(paths):
+        pixels = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
+        ref = reference_gradcam(model, "last_conv", pixels, labels[i])
+        saved = np.load(result.output_dir / summary.loc[i, "heatmap_path"])
+        assert saved.shape == (SIZE // 2, SIZE // 2)
+        np.testing.assert_allclose(saved, ref, atol=1e-4, err_msg=str(path))
+        assert summary.loc[i, "target_index"] == labels[i]
