@@ -66,8 +66,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     table["id"] = [
         i if i is not None else (p or f"row-{r}") for r, (i, p) in enumerate(zip(ids, paths))
     ]
-    table["label"] = [_text(v) for v in raw["label"]] if "label" in raw.columns else None
-    table["group"] = [_text(v) for v in raw["group"]] if "group" in raw.columns else None
+    for col in ("label", "group"):  # object columns: None stays None (not NaN) under pandas 3
+        values = [_text(v) for v in raw[col]] if col in raw.columns else [None] * n
+        table[col] = pd.Series(values, dtype=object)
     for col in BOX_COLUMNS:
         values = raw[col] if col in raw.columns else [None] * n
         table[col] = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").astype(
@@ -83,7 +84,7 @@ def resolve_labels(
     lookup = {name: i for i, name in enumerate(class_names)}
     index = np.full(len(labels), -1, np.int32)
     warnings: list[str | None] = [None] * len(labels)
-    for i, label in enumerate(labels):
+    for i, label in enumerate(_text(v) for v in labels):
         if label is None:
             continue
         if label in lookup:

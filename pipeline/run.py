@@ -22,7 +22,6 @@ from pipeline import CONF_DIR, __version__
 from pipeline.config import ConfigError, register_configs
 from pipeline.manifest import BOX_COLUMNS, read_manifest, resolve_labels
 from pipeline.outputs import SummaryWriter, safe_name, save_heatmap, save_overlay, write_json
-from pipeline.stats import STAT_COLUMNS
 
 log = logging.getLogger(__name__)
 PENDING_BATCHES = 2  # batches whose files may still be in flight before their rows are written
@@ -118,6 +117,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     from pipeline.data import make_dataset
     from pipeline.demo import ensure_demo
     from pipeline.model import load_model
+    from pipeline.stats import STAT_COLUMNS
     from pipeline.step import TARGET_LABEL, build_step, target_code
 
     started = time.perf_counter()
@@ -349,14 +349,17 @@ _task_started = False
 
 
 def one_line(exc: BaseException) -> str:
-    """A config exception's message folded into one line."""
-    text = str(exc).strip() or type(exc).__name__
-    text = re.sub(r":\s*\n\t", ": ", text)
-    text = re.sub(r"\n\t", ", ", text)
-    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    return text.replace(
-        "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", ""
-    ).strip()
+    """A config exception (and its root cause) folded into one line, without search paths."""
+    parts = []
+    while exc is not None:
+        text = re.sub(r":\s*\n\t", ": ", str(exc).strip())
+        text = re.sub(r"\n\t", ", ", text)
+        text = text.split("Config search path")[0].split("Set the environment variable")[0]
+        text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+        if text and text not in parts:
+            parts.append(text.split(" full_key:")[0].strip())
+        exc = exc.__cause__ or exc.__context__
+    return ": ".join(parts[:1] + parts[-1:] if len(parts) > 1 else parts) or "invalid config"
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -46,7 +46,7 @@ def class_images(class_dir: Path) -> list[Path]:
     """Images anywhere under one class folder, hidden files and folders skipped, sorted."""
     found = []
     for root, dirs, files in os.walk(class_dir):
-        dirs[:] = [d for d in dirs ]
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(p for p in (Path(root) / f for f in files) if is_image(p))
     return sorted(found, key=lambda p: p.relative_to(class_dir).as_posix())
 

@@ -16,7 +16,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_manifest.py"
 
 # class -> files (relative to the class folder); non-images and hidden files must be skipped
 TREE = {
-    "dog": ["b.PNG", "a.jpg", "sub/c.webp", "notes.txt", ".hidden.jpg"],
+    "dog": ["b.PNG", "a.jpg", "sub/c.webp", "notes.txt", ".hidden.jpg", ".thumbs/t.jpg"],
     "cat": ["z.JPEG", "y.bmp", "x.gif", "w.tif", "v.TIFF"],
     "empty": [],
 }
@@ -34,12 +34,13 @@ FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif"
 FORMATS |= {".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 
-def run_script(*args: object) -> subprocess.CompletedProcess:
+def run_script(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPT), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=cwd,
     )
 
 
@@ -63,7 +64,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_default_csv_rows_labels_and_classes(tree: Path) -> None:
-    done = run_script(tree)
+    done = run_script(tree.name, cwd=tree.parent)  # a relative DIR still gives absolute paths
     assert done.returncode == 0, done.stderr
     manifest = tree / "manifest.csv"
     raw = pd.read_csv(manifest, dtype=str)

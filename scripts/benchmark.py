@@ -1,0 +1,382 @@
+"""Throughput of the pipeline against plain inference and the Keras Grad-CAM example, one run.
+
+    python scripts/benchmark.py [--n 256] [--batch-size 32] [--model mobilenet_v2]
+                                [--reference-n 48] [--keep]
+
+Generates --n random JPEGs (500x375, seeded) and a CSV manifest in a temp folder, then times on
+one preset (weights=None, nothing downloaded) and one batch size:
+
+  inference  the pipeline's tf.data loader + preprocess + a compiled forward pass; no CAM, no files
+  pipeline   pipeline.run.run(cfg) on the real conf/: Grad-CAM, stats, heatmaps, overlays, Parquet
+  reference  the Keras Grad-CAM example's per-image workflow (load, predict, make_gradcam_heatmap,
+             save_and_display_gradcam), on the first --reference-n images
+
+Each path is warmed up first and the warm-up is not timed: one batch for inference and pipeline,
+one image for the reference. The warm-up batch is batch-size manifest rows naming missing files:
+they go through the whole compiled step (as all-zero images), but write no files, so the timed
+window holds exactly --n images of loading, compute and writing. The last line printed is one
+JSON object with the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+from PIL import Image
+
+from pipeline import CONF_DIR  # first: quietens TensorFlow's C++ logging before TF loads
+
+log = logging.getLogger("benchmark")
+
+IMAGE_SIZE = (500, 375)  # (width, height) of the generated JPEGs
+PRESETS = ("efficientnet_b0", "mobilenet_v2", "resnet50", "xception")  # pipeline.model.PRESETS
+
+
+@dataclass
+class Timing:
+    """Images processed in a timed window (warm-up excluded)."""
+
+    method: str
+    images: int
+    seconds: float
+
+    @property
+    def ips(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def make_images(folder: Path, n: int, seed: int) -> list[Path]:
+    """n seeded random JPEGs: a smooth random colour field plus pixel noise, like a photo."""
+    rng = np.random.default_rng(seed)
+    width, height = IMAGE_SIZE
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize((width, height), Image.BICUBIC), np.float32)
+        pixels = np.clip(smooth + rng.normal(0.0, 10.0, smooth.shape), 0, 255).astype(np.uint8)
+        path = folder / f"img_{i:05d}.jpg"
+        Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def write_manifest(path: Path, images: Sequence[Path]) -> None:
+    """A CSV manifest with one `path` column, relative to the manifest's folder."""
+    lines = ["path"] + [Path(os.path.relpath(p, path.parent)).as_posix() for p in images]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _quoted(value: str) -> str:
+    """A path as a quoted Hydra override value."""
+    if "'" in value or "\\" in value:
+        raise ValueError(f"path {value!r} contains a quote or backslash; use another temp dir")
+    return f"'{value}'"
+
+
+def compose_config(model: str, manifest: Path, batch_size: int, output_dir: Path):
+    """The run config composed from the real conf/, as the command line would build it."""
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import register_configs
+
+    register_configs()
+    overrides = [
+        f"model={model}",
+        "model.weights=null",
+        f"data.manifest={_quoted(str(manifest))}",
+        f"batch_size={batch_size}",
+        f"output_dir={_quoted(str(output_dir))}",
+        "progress=false",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+# ----------------------------------------------------------------------------- timed paths
+
+
+def time_inference(cfg, paths: Sequence[Path], warmup: int) -> Timing:
+    """tf.data loader + preprocess + compiled forward pass; the first `warmup` rows untimed."""
+    import tensorflow as tf
+
+    from pipeline.data import make_dataset
+    from pipeline.model import load_model
+
+    m = cfg.model
+    loaded = load_model(m.name, None, m.weights, m.layer, m.preprocess, None, m.score, m.input_size)
+    (h, w), c = loaded.input_size, loaded.channels
+    model, prep = loaded.model, loaded.preprocess
+
+    @tf.function(input_signature=[tf.TensorSpec((None, h, w, c), tf.uint8)], reduce_retracing=True)
+    def predict(images: tf.Tensor) -> tf.Tensor:  # (B,H,W,C) uint8 -> (B,N)
+        return model(prep(tf.cast(images, tf.float32)), training=False)
+
+    dataset = make_dataset(
+        [str(p) for p in paths],
+        loaded.input_size,
+        loaded.channels,
+        cfg.batch_size,
+        base_side=0,
+        max_pixels=cfg.data.max_pixels,
+        parallel=cfg.data.num_parallel_calls,
+        prefetch=cfg.data.prefetch,
+    )
+    batches = iter(dataset)
+    first = next(batches)
+    if int(first["row"].shape[0]) != warmup or first["ok"].numpy().any():
+        raise RuntimeError(f"expected a warm-up batch of {warmup} missing files")
+    predict(first["image"]).numpy()  # traces the function; not timed
+    images = 0
+    start = time.perf_counter()
+    for batch in batches:
+        if not batch["ok"].numpy().all():
+            raise RuntimeError(f"load errors in the inference pass: {batch['error'].numpy()}")
+        images += len(predict(batch["image"]).numpy())
+    return Timing("inference", images, time.perf_counter() - start)
+
+
+def time_pipeline(cfg, output_dir: Path, warmup: int) -> tuple[Timing, Timing]:
+    """(steady state after the warm-up batch, whole run() incl. model build and tracing).
+
+    run() builds its model and compiled step on every call, so the warm-up is its own first
+    batch (missing files: computed, nothing written): build_step is wrapped to note when that
+    batch's step has returned.
+    """
+    import pipeline.step
+    from pipeline.run import run
+
+    marks: dict[str, float | int] = {}
+    real_build_step = pipeline.step.build_step
+
+    def build_step(*args, **kwargs) -> Callable:
+        step = real_build_step(*args, **kwargs)
+
+        def timed_step(images, *rest):
+            result = step(images, *rest)
+            if "first" not in marks:
+                result["cam_max"].numpy()  # the batch is computed
+                marks["first"] = time.perf_counter()
+                marks["rows"] = int(images.shape[0])
+            return result
+
+        return timed_step
+
+    start = time.perf_counter()
+    with mock.patch.object(pipeline.step, "build_step", build_step):
+        result = run(cfg, output_dir)
+    end = time.perf_counter()
+    if "first" not in marks:
+        raise RuntimeError("run() did not use pipeline.step.build_step; cannot time its batches")
+    if marks["rows"] != warmup:
+        raise RuntimeError(f"warm-up batch has {marks['rows']} rows; expected {warmup}")
+    if result.errors != warmup:
+        raise RuntimeError(f"{result.errors} error rows, expected {warmup}; see {output_dir}")
+    written = {d: len(list((output_dir / d).iterdir())) for d in ("heatmaps", "overlays")}
+    if any(count != result.ok for count in written.values()):
+        raise RuntimeError(f"expected {result.ok} files in each of {written}")
+    steady = Timing("pipeline", result.ok, end - marks["first"])
+    return steady, Timing("pipeline end-to-end", result.ok, end - start)
+
+
+def time_reference(cfg, paths: Sequence[Path], out_dir: Path) -> Timing:
+    """The Keras Grad-CAM example, per image, on its own model; the first image untimed."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.model import PRESETS as MODEL_PRESETS
+    from pipeline.model import resolve_preprocess
+    from pipeline.step import jet_lut
+
+    constructor, side = MODEL_PRESETS[cfg.model.name]
+    img_size = (side, side)
+    preprocess_input = resolve_preprocess(cfg.model.preprocess)
+    last_conv_layer_name = cfg.model.layer  # "out_relu" for mobilenet_v2
+    # a separate instance: the example removes the last layer's softmax in place
+    model = getattr(keras.applications, constructor)(weights=None, input_shape=(side, side, 3))
+    model.layers[-1].activation = None
+    jet_colors = jet_lut().astype(np.float32) / 255.0  # = mpl.colormaps["jet"](np.arange(256))
+
+    # --- from here on, the example's code (keras.io/examples/vision/grad_cam) ---
+    def get_img_array(img_path, size):
+        img = keras.utils.load_img(img_path, target_size=size)
+        array = keras.utils.img_to_array(img)
+        array = np.expand_dims(array, axis=0)
+        return array
+
+    def make_gradcam_heatmap(img_array, model, last_conv_layer_name, pred_index=None):
+        grad_model = keras.models.Model(
+            model.inputs, [model.get_layer(last_conv_layer_name).output, model.output]
+        )
+        with tf.GradientTape() as tape:
+            last_conv_layer_output, preds = grad_model(img_array)
+            if pred_index is None:
+                pred_index = tf.argmax(preds[0])
+            class_channel = preds[:, pred_index]
+        grads = tape.gradient(class_channel, last_conv_layer_output)
+        pooled_grads = tf.reduce_mean(grads, axis=(0, 1, 2))
+        last_conv_layer_output = last_conv_layer_output[0]
+        heatmap = last_conv_layer_output @ pooled_grads[..., tf.newaxis]
+        heatmap = tf.squeeze(heatmap)
+        heatmap = tf.maximum(heatmap, 0) / tf.math.reduce_max(heatmap)
+        return heatmap.numpy()
+
+    def save_and_display_gradcam(img_path, heatmap, cam_path="cam.jpg", alpha=0.4):
+        img = keras.utils.load_img(img_path)
+        img = keras.utils.img_to_array(img)
+        heatmap = np.uint8(255 * heatmap)
+        jet_heatmap = jet_colors[heatmap]
+        jet_heatmap = keras.utils.array_to_img(jet_heatmap)
+        jet_heatmap = jet_heatmap.resize((img.shape[1], img.shape[0]))
+        jet_heatmap = keras.utils.img_to_array(jet_heatmap)
+        superimposed_img = jet_heatmap * alpha + img
+        superimposed_img = keras.utils.array_to_img(superimposed_img)
+        superimposed_img.save(cam_path)
+        # (the example then displays the image; nothing to display here)
+
+    def one_image(img_path, cam_path):
+        img_array = preprocess_input(get_img_array(img_path, size=img_size))
+        preds = model.predict(img_array, verbose=0)  # the example prints decode_predictions(preds)
+        heatmap = make_gradcam_heatmap(img_array, model, last_conv_layer_name)
+        save_and_display_gradcam(img_path, heatmap, cam_path)
+        return preds
+
+    # --- end of the example's code ---
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    one_image(paths[0], out_dir / "warmup.jpg")  # not timed
+    start = time.perf_counter()
+    for i, path in enumerate(paths):
+        one_image(path, out_dir / f"cam_{i:05d}.jpg")
+    return Timing("reference", len(paths), time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def table(rows: Sequence[tuple[str, Timing]]) -> str:
+    """A fixed-width table: method, images, seconds, images/s."""
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{'method':<{width}}  {'images':>6}  {'seconds':>8}  {'images/s':>8}"]
+    for label, t in rows:
+        lines.append(f"{label:<{width}}  {t.images:>6d}  {t.seconds:>8.2f}  {t.ips:>8.2f}")
+    return "\n".join(lines)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="benchmark.py",
+        description="Time inference, the full pipeline and the Keras Grad-CAM example.",
+    )
+    parser.add_argument("--n", type=int, default=256, help="images to generate and time")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--model", choices=PRESETS, default="mobilenet_v2", help="preset")
+    parser.add_argument(
+        "--reference-n", type=int, default=48, help="images for the slow reference (0: skip it)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for images and weights")
+    parser.add_argument("--keep", action="store_true", help="keep the temp folder and outputs")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.batch_size < 1 or args.reference_n < 0:
+        parser.error("--n and --batch-size must be >= 1, --reference-n >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="gradcam-bench-"))
+    try:
+        log.info("generating %d JPEGs (%dx%d) in %s", args.n, *IMAGE_SIZE, work)
+        images = make_images(work / "images", args.n, args.seed)
+        # first batch: warm-up, not counted; missing files, so it writes nothing
+        warmup = [work / "warmup" / f"missing_{i:05d}.jpg" for i in range(args.batch_size)]
+        rows = warmup + images
+        manifest = work / "manifest.csv"
+        write_manifest(manifest, rows)
+        cfg = compose_config(args.model, manifest, args.batch_size, work / "pipeline_out")
+
+        log.info("inference: %d + %d warm-up images", args.n, len(warmup))
+        inference = time_inference(cfg, rows, len(warmup))
+        log.info("pipeline: %d + %d warm-up images", args.n, len(warmup))
+        pipeline, end_to_end = time_pipeline(cfg, work / "pipeline_out", len(warmup))
+        reference = None
+        if args.reference_n:
+            ref_paths = [images[i % len(images)] for i in range(args.reference_n)]
+            log.info("reference: %d + 1 warm-up images", len(ref_paths))
+            reference = time_reference(cfg, ref_paths, work / "reference_out")
+    finally:
+        if args.keep:
+            log.info("kept %s", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    rows_out = [
+        ("inference (tf.data + predict, no CAM)", inference),
+        ("pipeline (run(): CAM + all outputs)", pipeline),
+    ]
+    if reference is not None:
+        rows_out.append(("reference (Keras example, per image)", reference))
+    rows_out.append(("pipeline end-to-end (build+trace+warm-up)", end_to_end))
+    print(
+        f"\nmodel={args.model} (weights=None) batch_size={args.batch_size} "
+        f"images={IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG, {os.cpu_count()} CPU(s), "
+        f"TF {tf.__version__}, Keras {keras.__version__}"
+    )
+    print(
+        f"warm-up, not timed: one batch of {args.batch_size} (missing files, computed as zeros, "
+        "nothing written) for inference and pipeline, one image for the reference.\n"
+        "the end-to-end row times the whole run() call: model build, tracing, warm-up batch and "
+        f"the {args.n} images"
+    )
+    print(table(rows_out))
+    ref_ips = reference.ips if reference is not None else None
+    summary = {
+        "inference_ips": round(inference.ips, 3),
+        "pipeline_ips": round(pipeline.ips, 3),
+        "reference_ips": round(ref_ips, 3) if ref_ips is not None else None,
+        "pipeline_vs_inference": _ratio(pipeline.ips, inference.ips),
+        "pipeline_vs_reference": _ratio(pipeline.ips, ref_ips),
+        "pipeline_e2e_ips": round(end_to_end.ips, 3),
+        "n": args.n,
+        "reference_n": args.reference_n,
+        "batch_size": args.batch_size,
+        "model": args.model,
+        "layer": cfg.model.layer,
+        "warmup": {"inference": args.batch_size, "pipeline": args.batch_size, "reference": 1},
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The command line: Hydra app behaviour and bad configs failing fast with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import write_csv
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd,
+        timeout=300,
+    )
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("gradcam-audit: error:")]
+
+
+def test_help_lists_config_groups():
+    proc = cli("--help")
+    assert proc.returncode == 0
+    assert "model: " in proc.stdout and "custom, demo" in proc.stdout
+    assert "efficientnet_b0" in proc.stdout and "cam: gradcam" in proc.stdout
+
+
+def test_cfg_job_prints_composed_config():
+    proc = cli("model=resnet50", "batch_size=7", "--cfg", "job")
+    assert proc.returncode == 0
+    assert "name: resnet50" in proc.stdout and "batch_size: 7" in proc.stdout
+    assert "layer: conv5_block3_out" in proc.stdout
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    return write_csv(tmp_path / "m.csv", "path", ["a.png"])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["model=nope"], "Could not find 'model/nope'"),
+        (["model.wieghts=null"], "wieghts"),
+        (["batch_size=many"], "batch_size"),
+    ],
+    ids=["unknown_preset", "typo_key", "bad_type"],
+)
+def test_bad_overrides_exit_2_in_one_line(args, message, tmp_path):
+    proc = cli(*args, f"output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 2, proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_file_exit_2(tmp_path, manifest):
+    proc = cli("model=custom", f"model.path={tmp_path / 'gone.keras'}",
+               f"data.manifest={manifest}", f"output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "model.path not found" in lines[0] and "gone.keras" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_custom_without_path_exit_2(tmp_path, manifest):
+    proc = cli("model=custom", f"data.manifest={manifest}", f"output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 2 and "model=custom needs model.path" in error_lines(proc)[0]
+
+
+def test_unknown_layer_exit_2_lists_layers(tmp_path, manifest, model_files):
+    proc = cli("model=custom", f"model.path={model_files['rgb']}", "model.layer=conv9",
+               f"data.manifest={manifest}", f"output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "'conv9' not found" in lines[0] and "last_conv" in lines[0]
+    assert not (tmp_path / "out" / "summary.parquet").exists()
+
+
+def test_manifest_without_path_exit_2(tmp_path, model_files):
+    bad = write_csv(tmp_path / "bad.csv", "file,label", ["a.png,cat"])
+    proc = cli("model=custom", f"model.path={model_files['rgb']}", f"data.manifest={bad}",
+               f"output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "no 'path' column" in lines[0] and "file, label" in lines[0]
+
+
+def test_non_demo_model_needs_a_manifest(tmp_path):
+    proc = cli("model=mobilenet_v2", "model.weights=null", f"output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 2 and "data.manifest is required" in error_lines(proc)[0]

@@ -1,0 +1,184 @@
+"""run(cfg) end to end on a tiny model: one summary row per manifest row, outputs, run.json."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import N_CLASSES, SIZE, write_csv
+from PIL import Image
+
+from pipeline.config import ConfigError
+from pipeline.outputs import SUMMARY_SCHEMA, safe_name
+from pipeline.run import run
+
+REQUIRED = (
+    "id path status error label label_index pred_index pred_label pred_score topk_index "
+    "topk_score target_index target_score correct heatmap_path overlay_path cam_max cam_mean "
+    "cam_entropy peak_x peak_y centroid_x centroid_y spread coverage border_fraction "
+    "energy_in_box pointing_hit"
+).split()
+CLASSES = [f"class_{i}" for i in range(N_CLASSES)]
+
+
+@pytest.fixture
+def audit(tmp_path, image_folder, model_files, make_cfg):
+    """A 12-row manifest: good images (some with boxes/groups), three broken, odd labels."""
+    good = image_folder(8, seed=4, size=(64, 48))
+    broken = tmp_path / "images"
+    (broken / "empty.jpg").write_bytes(b"")
+    (broken / "text.png").write_text("hello, not an image")
+    (broken / "cut.jpg").write_bytes(_jpeg(good[0])[:200])
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(CLASSES) + "\n")
+    rows = [
+        f"images/{good[0].name},a0,class_1,8,6,40,30,g1",
+        f"images/{good[1].name},a1,2,,,,,g2",
+        "images/empty.jpg,bad-empty,class_0,,,,,g1",
+        f"images/{good[2].name},a2,class_3,0,0,64,48,g1",
+        "images/text.png,bad-text,,,,,,",
+        f"images/{good[3].name},a3,not_a_class,,,,,g2",
+        f"images/{good[4].name},a4,,50,40,10,20,",  # x1 < x0: warning, no box stats
+        "images/cut.jpg,bad-cut,class_2,,,,,",
+        f"images/{good[5].name},a5,class_4,1,1,500,500,g1",  # box outside the image
+        f"images/{good[6].name},../../escape,class_0,,,,,",  # hostile id
+        f"images/{good[7].name},a7,class_1,,,,,",
+        f"images/{good[7].name},a7,class_1,,,,,",  # duplicate row
+    ]
+    manifest = write_csv(tmp_path / "m.csv", "path,id,label,x0,y0,x1,y1,group", rows)
+
+    def go(*overrides: str):
+        cfg = make_cfg(
+            "model=custom", f"model.path={model_files['rgb']}", "model.preprocess=unit",
+            f"model.class_names={names}", f"data.manifest={manifest}", "batch_size=5",
+            *overrides,
+        )
+        return run(cfg)
+
+    return go
+
+
+def _jpeg(path) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.open(path).convert("RGB").save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_one_row_per_manifest_row_in_order_with_schema(audit):
+    result = audit()
+    out = result.output_dir
+    summary = pd.read_parquet(out / "summary.parquet")
+    assert len(summary) == 12 and summary["row"].tolist() == list(range(12))
+    assert summary["id"].tolist()[:3] == ["a0", "a1", "bad-empty"]
+    assert set(REQUIRED) <= set(summary.columns)
+    assert pq.read_schema(out / "summary.parquet").equals(SUMMARY_SCHEMA)
+    schema = pq.read_schema(out / "summary.parquet")
+    assert schema.field("topk_index").type == pa.list_(pa.int32())
+    assert schema.field("pointing_hit").type == pa.bool_()
+    status = summary.set_index("id")["status"]
+    assert (status[["bad-empty", "bad-text", "bad-cut"]] == "error").all()
+    assert (summary["status"] == "ok").sum() == 9 and (result.ok, result.errors) == (9, 3)
+    errors = summary.set_index("id")["error"]
+    assert errors["bad-empty"] == "empty file (0 bytes)"
+    assert errors["bad-text"] == "not a recognised image format"
+    assert "truncated" in errors["bad-cut"]
+    bad = summary[summary["status"] == "error"]
+    assert bad["pred_index"].isna().all() and bad["heatmap_path"].isna().all()
+
+
+def test_predictions_labels_and_stats_columns(audit):
+    summary = pd.read_parquet(audit().output_dir / "summary.parquet").set_index("id")
+    ok = summary[summary["status"] == "ok"]
+    assert ok["label_index"].to_dict()["a0"] == 1 and ok["label_index"].to_dict()["a1"] == 2
+    assert pd.isna(ok.loc["a3", "label_index"]) and "not_a_class" in ok.loc["a3", "warning"]
+    assert (ok["pred_label"] == [CLASSES[int(i)] for i in ok["pred_index"]]).all()
+    assert (ok["target_index"] == ok["pred_index"]).all()  # target=pred by default
+    labelled = ok[ok["label_index"].notna()]
+    assert (labelled["correct"] == (labelled["pred_index"] == labelled["label_index"])).all()
+    assert ok.loc["a3", "correct"] is None or pd.isna(ok.loc["a3", "correct"])
+    for topk, scores, score in zip(ok["topk_index"], ok["topk_score"], ok["pred_score"]):
+        assert len(topk) == N_CLASSES and scores[0] == pytest.approx(score)
+        assert list(scores) == sorted(scores, reverse=True)
+    assert np.allclose([sum(s) for s in ok["topk_score"]], 1.0, atol=1e-5)  # softmax outputs
+    for col in ("peak_x", "centroid_y", "coverage", "border_fraction", "cam_entropy"):
+        assert ok[col].between(0, 1).all(), col
+    # boxes: valid ones give box stats, invalid ones a warning and nulls
+    assert ok.loc["a2", "energy_in_box"] == pytest.approx(1.0)  # box = whole image
+    assert not pd.isna(ok.loc["a0", "pointing_hit"])
+    for key in ("a4", "a5"):
+        assert pd.isna(ok.loc[key, "energy_in_box"]) and "box" in ok.loc[key, "warning"]
+    assert pd.isna(ok.loc["a1", "energy_in_box"])  # no box at all: no warning either
+    assert pd.isna(ok.loc["a1", "warning"])
+    assert ok.loc["a0", "width"] == 64 and ok.loc["a0", "height"] == 48
+    assert ok.loc["a0", "group"] == "g1"
+
+
+def test_output_files_are_relative_unique_and_inside(audit):
+    result = audit()
+    out = result.output_dir
+    summary = pd.read_parquet(out / "summary.parquet")
+    ok = summary[summary["status"] == "ok"]
+    assert ok["heatmap_path"].is_unique and ok["overlay_path"].is_unique
+    for heat, overlay in zip(ok["heatmap_path"], ok["overlay_path"]):
+        assert not heat.startswith("/") and (out / heat).resolve().is_relative_to(out.resolve())
+        arr = np.load(out / heat)
+        assert arr.shape == (SIZE // 2, SIZE // 2) and arr.dtype == np.float32
+        assert arr.min() >= 0 and arr.max() <= 1 and arr.max() in (0.0, 1.0)
+        image = Image.open(out / overlay)
+        assert image.format == "JPEG" and image.size == (64, 48)
+    assert len(list((out / "heatmaps").iterdir())) == 9
+    assert not list(out.rglob("*.tmp"))
+    escape = summary.set_index("id").loc["../../escape", "heatmap_path"]
+    assert escape == f"heatmaps/{safe_name(9, '../../escape')}.npy" and ".." not in escape
+
+
+def test_run_json_records_counts_versions_hashes(audit, model_files):
+    import hashlib
+
+    out = audit().output_dir
+    record = json.loads((out / "run.json").read_text())
+    assert record["counts"] == {"rows": 12, "ok": 9, "errors": 3}
+    assert record["timing"]["images_per_second"] > 0
+    assert record["model"]["sha256"] == hashlib.sha256(model_files["rgb"].read_bytes()).hexdigest()
+    assert len(record["manifest"]["sha256"]) == 64
+    assert {"python", "tensorflow", "keras", "numpy"} <= set(record["versions"])
+    assert record["config"]["batch_size"] == 5 and record["model"]["layer"] == "last_conv"
+
+
+def test_input_resolution_and_no_overlays(audit):
+    out = audit("heatmaps.resolution=input", "overlays.enabled=false").output_dir
+    summary = pd.read_parquet(out / "summary.parquet")
+    ok = summary[summary["status"] == "ok"]
+    assert np.load(out / ok["heatmap_path"].iloc[0]).shape == (SIZE, SIZE)
+    assert summary["overlay_path"].isna().all() and not (out / "overlays").exists()
+
+
+def test_target_label_without_label_is_an_error_row(audit):
+    summary = pd.read_parquet(audit("target=label").output_dir / "summary.parquet")
+    by_id = summary.set_index("id")
+    assert by_id.loc["a4", "status"] == "error"
+    assert by_id.loc["a4", "error"] == "target=label but the row has no usable label"
+    ok = summary[summary["status"] == "ok"]
+    assert (ok["target_index"] == ok["label_index"]).all()
+    assert len(summary) == 12
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("target=99", "out of range"),
+        ("target=best", "expected pred, label"),
+        ("heatmaps.resolution=full", "heatmaps.resolution"),
+        ("batch_size=0", "batch_size"),
+        ("model.layer=gap", "4-D"),
+    ],
+)
+def test_bad_values_fail_before_any_work(audit, override, message):
+    with pytest.raises(ConfigError, match=message):
+        audit(override)
