@@ -54,7 +54,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     raw.columns = [str(c).strip() for c in raw.columns]
     if "path" not in raw.columns:
         raise ConfigError(
-            f"manifest {path} has no 'path' column; columns are: {', '.join(raw.columns) or '(none)'}"
+            f"manifest {path} has no 'path' column; "
+            f"columns are: {', '.join(raw.columns) or '(none)'}"
         )
     base = path.resolve().parent
     n = len(raw)

@@ -292,16 +292,48 @@ def _load_file(path: str) -> keras.Model:
     if not p.exists():
         raise ConfigError(f"model.path not found: {path}")
     if p.is_dir():
-        raise ConfigError(
-            f"model.path {path} is a SavedModel folder; Keras 3 cannot rebuild its layers, "
-            "which Grad-CAM needs. Re-save it with model.save('model.keras')"
-        )
+        return _load_savedmodel(p)
     if p.suffix not in (".keras", ".h5", ".hdf5"):
-        raise ConfigError(f"model.path {path}: expected a .keras or .h5 file")
+        raise ConfigError(
+            f"model.path {path}: expected a .keras or .h5 file or a SavedModel folder"
+        )
     try:
         return keras.models.load_model(p, compile=False)
     except Exception as exc:  # keras raises many types for unreadable files
         raise ConfigError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_savedmodel(folder: Path) -> keras.Model:
+    """A Keras 2 SavedModel folder, rebuilt as a Keras 3 model with its layers.
+
+    Keras 3 cannot read a SavedModel's layer graph; tf-keras (Keras 2) can. It re-saves the model
+    as legacy HDF5, which Keras 3 loads with every layer and weight.
+    """
+    if not (folder / "saved_model.pb").is_file():
+        raise ConfigError(
+            f"model.path {folder} is a folder but not a SavedModel (no saved_model.pb)"
+        )
+    if not (folder / "keras_metadata.pb").is_file():
+        raise ConfigError(
+            f"SavedModel {folder} has no Keras layer graph (no keras_metadata.pb): model.export() "
+            "and tf.saved_model.save() keep only the serving function, and Grad-CAM needs the "
+            "layers. Save the model with model.save('model.keras') instead"
+        )
+    try:
+        import tf_keras
+    except ImportError:
+        raise ConfigError(
+            "reading a Keras 2 SavedModel folder needs tf-keras: pip install -e '.[savedmodel]'"
+        ) from None
+    import tempfile
+
+    try:
+        legacy = tf_keras.models.load_model(folder, compile=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            legacy.save(Path(tmp) / "model.h5")
+            return keras.models.load_model(Path(tmp) / "model.h5", compile=False)
+    except Exception as exc:
+        raise ConfigError(f"cannot load SavedModel {folder}: {type(exc).__name__}: {exc}") from exc
 
 
 def _load_preset(name: str, weights: str | None) -> keras.Model:

@@ -1,4 +1,4 @@
-"""run(cfg) wires the stages; main() is the Hydra shell around it (the only reader of the config)."""
+"""run(cfg) wires the stages; main() is the Hydra shell around it (the only config reader)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attention statistics of a batch of normalised maps, vectorized (TF ops; numpy in, tensors out)."""
+"""Attention statistics of a batch of normalised maps, vectorized (TF ops; numpy or tensors in)."""
 
 from __future__ import annotations
 

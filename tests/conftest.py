@@ -1,4 +1,4 @@
-"""Shared fixtures: the real conf/ composed with Hydra, tiny models saved to disk, generated images."""
+"""Shared fixtures: the real conf/ via Hydra, tiny models saved to disk, generated images."""
 
 from __future__ import annotations
 

@@ -126,12 +126,17 @@ def test_pipeline_heatmaps_match_reference_including_short_last_batch(
     paths = image_folder(11, seed=2)
     labels = [i % N_CLASSES for i in range(11)]
     manifest = write_csv(
-        tmp_path / "m.csv", "path,label", [f"{p.name and 'images/' + p.name},{lab}"
-                                           for p, lab in zip(paths, labels)]
+        tmp_path / "m.csv",
+        "path,label",
+        [f"{p.name and 'images/' + p.name},{lab}" for p, lab in zip(paths, labels)],
     )
     cfg = make_cfg(
-        "model=custom", f"model.path={model_files['rgb']}", "model.preprocess=unit",
-        f"data.manifest={manifest}", "batch_size=4", "target=label",
+        "model=custom",
+        f"model.path={model_files['rgb']}",
+        "model.preprocess=unit",
+        f"data.manifest={manifest}",
+        "batch_size=4",
+        "target=label",
     )
     result = run(cfg)
     summary = pd.read_parquet(result.output_dir / "summary.parquet")

@@ -11,7 +11,10 @@ from conftest import write_csv
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd,
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
         timeout=300,
     )
 
@@ -58,8 +61,12 @@ def test_bad_overrides_exit_2_in_one_line(args, message, tmp_path):
 
 
 def test_missing_model_file_exit_2(tmp_path, manifest):
-    proc = cli("model=custom", f"model.path={tmp_path / 'gone.keras'}",
-               f"data.manifest={manifest}", f"output_dir={tmp_path / 'out'}")
+    proc = cli(
+        "model=custom",
+        f"model.path={tmp_path / 'gone.keras'}",
+        f"data.manifest={manifest}",
+        f"output_dir={tmp_path / 'out'}",
+    )
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert len(lines) == 1 and "model.path not found" in lines[0] and "gone.keras" in lines[0]
@@ -72,8 +79,13 @@ def test_custom_without_path_exit_2(tmp_path, manifest):
 
 
 def test_unknown_layer_exit_2_lists_layers(tmp_path, manifest, model_files):
-    proc = cli("model=custom", f"model.path={model_files['rgb']}", "model.layer=conv9",
-               f"data.manifest={manifest}", f"output_dir={tmp_path / 'out'}")
+    proc = cli(
+        "model=custom",
+        f"model.path={model_files['rgb']}",
+        "model.layer=conv9",
+        f"data.manifest={manifest}",
+        f"output_dir={tmp_path / 'out'}",
+    )
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert len(lines) == 1 and "'conv9' not found" in lines[0] and "last_conv" in lines[0]
@@ -82,8 +94,12 @@ def test_unknown_layer_exit_2_lists_layers(tmp_path, manifest, model_files):
 
 def test_manifest_without_path_exit_2(tmp_path, model_files):
     bad = write_csv(tmp_path / "bad.csv", "file,label", ["a.png,cat"])
-    proc = cli("model=custom", f"model.path={model_files['rgb']}", f"data.manifest={bad}",
-               f"output_dir={tmp_path / 'out'}")
+    proc = cli(
+        "model=custom",
+        f"model.path={model_files['rgb']}",
+        f"data.manifest={bad}",
+        f"output_dir={tmp_path / 'out'}",
+    )
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert len(lines) == 1 and "no 'path' column" in lines[0] and "file, label" in lines[0]

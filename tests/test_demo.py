@@ -17,7 +17,9 @@ SMALL = ["demo.n_per_class=6", "demo.image_size=48", "demo.epochs=2", "progress=
 def demo(out, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *SMALL, f"output_dir={out}", *extra],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -40,6 +42,8 @@ def test_demo_runs_offline_end_to_end_and_reuses_its_cache(tmp_path):
 
     second = demo(tmp_path / "two")
     assert second.returncode == 0
-    assert "building the demo once" not in second.stdout + second.stderr  # cached model and images reused
+    assert (
+        "building the demo once" not in second.stdout + second.stderr
+    )  # cached model and images reused
     again = pd.read_parquet(tmp_path / "two" / "summary.parquet")
     pd.testing.assert_series_equal(summary["pred_index"], again["pred_index"])

@@ -38,7 +38,10 @@ def test_formats_read_the_same(tmp_path, ext):
     table = read_manifest(_write(ROWS, tmp_path / f"m{ext}"))
     assert table["row"].tolist() == [0, 1, 2, 3]
     assert table["path"].tolist() == [
-        str(tmp_path / "a.png"), str(tmp_path / "sub/b.jpg"), "/abs/c.png", ""
+        str(tmp_path / "a.png"),
+        str(tmp_path / "sub/b.jpg"),
+        "/abs/c.png",
+        "",
     ]
     assert table["id"].tolist() == ["first", "sub/b.jpg", "third", "fourth"]  # default: the path
     assert table["label"].tolist() == ["cat", "1", None, "dog"]

@@ -14,8 +14,16 @@ from pipeline.step import TARGET_PRED, build_step
 
 
 def _load(path, layer="auto", score="logits", **kw):
-    args = dict(name="custom", path=str(path), weights=None, layer=layer, preprocess="unit",
-                class_names=None, score=score, input_size=None)
+    args = dict(
+        name="custom",
+        path=str(path),
+        weights=None,
+        layer=layer,
+        preprocess="unit",
+        class_names=None,
+        score=score,
+        input_size=None,
+    )
     args.update(kw)
     return load_model(**args)
 
@@ -37,12 +45,15 @@ def test_softmax_head_is_explained_on_logits(model_files, name):
     x = np.random.default_rng(0).random((3, SIZE, SIZE, 3)).astype(np.float32)
     logits = loaded.tail(loaded.head(x)).numpy()
     probs = model(x).numpy()
-    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probs,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probs, atol=1e-5
+    )
     assert not np.allclose(logits, probs)  # really the pre-activation scores
     # the user's model is untouched
-    assert keras.models.load_model(model_files[name]).layers[-1].get_config() == \
-        model.layers[-1].get_config()
+    assert (
+        keras.models.load_model(model_files[name]).layers[-1].get_config()
+        == model.layers[-1].get_config()
+    )
 
 
 def test_linear_head_stays_linear(model_files):
@@ -64,8 +75,9 @@ def test_nested_model_auto_layer_and_split(model_files):
     np.testing.assert_allclose(acts, ref, atol=1e-5)
     probs = model(x).numpy()
     logits = inner.tail(acts).numpy()
-    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probs,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probs, atol=1e-5
+    )
 
 
 def test_auto_picks_last_spatial_layer_not_pooled_ones():
@@ -95,8 +107,9 @@ def test_missing_and_bad_model_files(tmp_path):
     bad.write_text("not a model")
     with pytest.raises(ConfigError, match="cannot load model"):
         _load(bad)
+    (tmp_path / "m.onnx").write_text("x")
     with pytest.raises(ConfigError, match="expected a .keras or .h5"):
-        _load(tmp_path / "m.onnx", layer="auto") if (tmp_path / "m.onnx").write_text("x") else None
+        _load(tmp_path / "m.onnx")
 
 
 def test_class_names_file_and_count_check(model_files, tmp_path):
@@ -108,7 +121,9 @@ def test_class_names_file_and_count_check(model_files, tmp_path):
 
 
 def test_preprocess_specs(model_files):
-    loaded = _load(model_files["rgb"], preprocess="keras.applications.mobilenet_v2:preprocess_input")
+    loaded = _load(
+        model_files["rgb"], preprocess="keras.applications.mobilenet_v2:preprocess_input"
+    )
     x = np.full((1, 2, 2, 3), 255.0, np.float32)
     np.testing.assert_allclose(np.asarray(loaded.preprocess(x)), 1.0)
     with pytest.raises(ConfigError, match="unknown"):
@@ -136,8 +151,16 @@ def test_presets_build_offline_and_auto_agrees(preset):
     from conftest import compose_cfg
 
     cfg = compose_cfg(f"model={preset}", "model.weights=null")
-    loaded = load_model(cfg.model.name, None, None, cfg.model.layer, cfg.model.preprocess,
-                        None, cfg.model.score, None)
+    loaded = load_model(
+        cfg.model.name,
+        None,
+        None,
+        cfg.model.layer,
+        cfg.model.preprocess,
+        None,
+        cfg.model.score,
+        None,
+    )
     assert find_layer(loaded.model, "auto").name == cfg.model.layer == loaded.layer_name
     side = PRESETS[preset][1]
     assert loaded.input_size == (side, side) and len(loaded.class_names) == 1000
@@ -147,3 +170,36 @@ def test_presets_build_offline_and_auto_agrees(preset):
     res = step(images, np.full(2, -1, np.int32), np.zeros((2, 4), np.float32), np.zeros(2, bool))
     assert res["colour"].shape == (2, side, side, 3)
     assert np.isfinite(res["map"].numpy()).all() and res["topk_index"].shape == (2, 5)
+
+
+def test_keras2_savedmodel_folder_loads_with_layers(tmp_path):
+    tf_keras = pytest.importorskip("tf_keras")  # in the test extra; skipped only outside it
+    inputs = tf_keras.Input((SIZE, SIZE, 3))
+    x = tf_keras.layers.Conv2D(6, 3, activation="relu", name="feat")(inputs)
+    x = tf_keras.layers.GlobalAveragePooling2D()(x)
+    legacy = tf_keras.Model(inputs, tf_keras.layers.Dense(3, activation="softmax")(x))
+    legacy.save(tmp_path / "sm")
+    loaded = _load(tmp_path / "sm")
+    assert loaded.layer_name == "feat" and loaded.output_activation == "softmax"
+    x = np.random.default_rng(2).random((2, SIZE, SIZE, 3)).astype(np.float32)
+    logits = loaded.tail(loaded.head(x)).numpy()
+    np.testing.assert_allclose(
+        np.exp(logits) / np.exp(logits).sum(1, keepdims=True), legacy(x).numpy(), atol=1e-5
+    )
+
+
+def test_exported_savedmodel_without_layers_is_refused(tmp_path):
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.export(tmp_path / "served", verbose=False)
+    with pytest.raises(ConfigError, match="no Keras layer graph"):
+        _load(tmp_path / "served")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ConfigError, match="not a SavedModel"):
+        _load(tmp_path / "plain")

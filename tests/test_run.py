@@ -53,8 +53,12 @@ def audit(tmp_path, image_folder, model_files, make_cfg):
 
     def go(*overrides: str):
         cfg = make_cfg(
-            "model=custom", f"model.path={model_files['rgb']}", "model.preprocess=unit",
-            f"model.class_names={names}", f"data.manifest={manifest}", "batch_size=5",
+            "model=custom",
+            f"model.path={model_files['rgb']}",
+            "model.preprocess=unit",
+            f"model.class_names={names}",
+            f"data.manifest={manifest}",
+            "batch_size=5",
             *overrides,
         )
         return run(cfg)

@@ -59,8 +59,17 @@ def test_uniform_map():
 def test_all_zero_map_has_no_mass_statistics():
     s = stats_of(np.zeros((6, 6)), box=(0, 0, 1, 1))
     assert s["cam_mean"] == 0.0 and s["coverage"] == 0.0
-    for key in ("cam_entropy", "peak_x", "peak_y", "centroid_x", "centroid_y", "spread",
-                "border_fraction", "energy_in_box", "pointing_hit"):
+    for key in (
+        "cam_entropy",
+        "peak_x",
+        "peak_y",
+        "centroid_x",
+        "centroid_y",
+        "spread",
+        "border_fraction",
+        "energy_in_box",
+        "pointing_hit",
+    ):
         assert math.isnan(s[key]), key
 
 
