@@ -336,6 +336,17 @@ def _load_savedmodel(folder: Path) -> keras.Model:
         raise ConfigError(f"cannot load SavedModel {folder}: {type(exc).__name__}: {exc}") from exc
 
 
+def _load_weights(model: keras.Model, weights: str) -> None:
+    if weights == "imagenet":
+        raise ConfigError("model.weights=imagenet is for presets; custom models carry their own")
+    if not Path(weights).expanduser().is_file():
+        raise ConfigError(f"model.weights file not found: {weights}")
+    try:
+        model.load_weights(Path(weights).expanduser())
+    except Exception as exc:
+        raise ConfigError(f"cannot load weights {weights}: {type(exc).__name__}: {exc}") from exc
+
+
 def _load_preset(name: str, weights: str | None) -> keras.Model:
     constructor, side = PRESETS[name]
     build = getattr(keras.applications, constructor)
@@ -367,6 +378,8 @@ def load_model(
             raise ConfigError("model=custom needs model.path=<.keras or .h5 file>")
         model = _load_file(path)
         source = str(path)
+        if weights:  # a weights file on top of the model file (e.g. a later checkpoint)
+            _load_weights(model, weights)
     else:
         raise ConfigError(
             f"unknown model preset {name!r}; expected one of "

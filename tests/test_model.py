@@ -203,3 +203,15 @@ def test_exported_savedmodel_without_layers_is_refused(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(ConfigError, match="not a SavedModel"):
         _load(tmp_path / "plain")
+
+
+def test_custom_weights_file_is_applied(model_files, tmp_path):
+    other = keras.models.load_model(model_files["rgb"])
+    kernel, bias = other.get_layer("logits").get_weights()
+    other.get_layer("logits").set_weights([kernel * 0 + 0.5, bias])
+    weights = tmp_path / "other.weights.h5"
+    other.save_weights(weights)
+    loaded = _load(model_files["rgb"], weights=str(weights))
+    np.testing.assert_allclose(loaded.model.get_layer("logits").get_weights()[0], 0.5)
+    with pytest.raises(ConfigError, match="model.weights file not found"):
+        _load(model_files["rgb"], weights=str(tmp_path / "none.weights.h5"))
