@@ -64,6 +64,23 @@ class DemoConfig:
 
 
 @dataclass
+class ReportConfig:
+    enabled: bool = True  # build the class report at the end of every run
+    group_by: str = "target"  # target: the explained class; label: the true label
+    z_threshold: float = 3.0  # robust z-score (leave-one-out median/MAD) that makes an outlier
+    min_gap: float = 0.15  # ... and the least absolute gap to the other classes' median
+    fixed_min_gap: float = 0.05  # least gap in centroid spread for fixed-location attention
+    mad_floor: float = 0.02  # MAD never below this (near-identical classes are not outliers)
+    min_class_n: int = 3  # classes with fewer ok rows are reported but neither flagged nor compared
+    examples: int = 6  # off-object examples shown per flagged class
+    group_min_n: int = 3  # subgroups with fewer rows are left out of gap checks
+    accuracy_gap: float = 0.1  # flag a class whose group accuracies differ by more
+    attention_gap: float = (
+        0.15  # ... or whose group attention (energy_in_box/border) differs by more
+    )
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     cam: CamConfig = field(default_factory=CamConfig)
@@ -71,6 +88,7 @@ class Config:
     heatmaps: HeatmapsConfig = field(default_factory=HeatmapsConfig)
     overlays: OverlaysConfig = field(default_factory=OverlaysConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     target: Any = "pred"  # pred | label | an integer class index
     batch_size: int = 32
     seed: int = 0

@@ -15,8 +15,9 @@ from PIL import Image, ImageDraw
 
 log = logging.getLogger(__name__)
 
-CLASSES = ["circle", "square", "triangle", "cross"]
-DEMO_VERSION = 1
+CLASSES = ["circle", "square", "triangle", "cross", "watermarked"]
+SHAPES = CLASSES[:4]
+DEMO_VERSION = 2
 
 
 @dataclass
@@ -33,7 +34,11 @@ def default_cache_dir() -> Path:
 
 
 def draw_example(rng: np.random.Generator, cls: int, size: int) -> tuple[Image.Image, tuple, str]:
-    """One image of class `cls` on a textured background: (image, box x0,y0,x1,y1, group)."""
+    """One image of class `cls` on a textured background: (image, box x0,y0,x1,y1, group).
+
+    `watermarked` is the demo's planted shortcut: any of the four shapes plus a small mark in the
+    top-left corner, so the mark is the only thing that tells the class apart.
+    """
     group = "dark" if rng.random() < 0.5 else "light"
     lo, hi = (10, 90) if group == "dark" else (150, 235)
     corners = rng.integers(lo, hi, size=(2, 3))
@@ -53,6 +58,9 @@ def draw_example(rng: np.random.Generator, cls: int, size: int) -> tuple[Image.I
     else:
         colour = tuple(128 + v // 2 for v in colour)
     name = CLASSES[cls]
+    marked = name == "watermarked"
+    if marked:
+        name = SHAPES[int(rng.integers(len(SHAPES)))]
     if name == "circle":
         draw.ellipse((x0, y0, x1, y1), fill=colour)
     elif name == "square":
@@ -64,6 +72,10 @@ def draw_example(rng: np.random.Generator, cls: int, size: int) -> tuple[Image.I
         mid_x, mid_y = (x0 + x1) // 2, (y0 + y1) // 2
         draw.rectangle((mid_x - bar // 2, y0, mid_x + bar // 2, y1), fill=colour)
         draw.rectangle((x0, mid_y - bar // 2, x1, mid_y + bar // 2), fill=colour)
+    if marked:  # on top of everything, always in the same place
+        m = max(4, size // 12)
+        draw.rectangle((1, 1, m + 1, m + 1), fill=(255, 255, 255))
+        draw.rectangle((1 + m // 4, 1 + m // 4, 1 + m - m // 4, 1 + m - m // 4), fill=(230, 0, 40))
     return image, (x0, y0, x1 + 1, y1 + 1), group
 
 
@@ -141,7 +153,7 @@ def _train(path: Path, n_per_class: int, size: int, epochs: int, seed: int) -> N
     import keras
 
     keras.utils.set_random_seed(seed)
-    x, y = make_arrays(max(n_per_class * 3, 96), size, seed)
+    x, y = make_arrays(max(n_per_class * 4, 128), size, seed)
     model = build_demo_model(size)
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),

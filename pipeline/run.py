@@ -94,23 +94,6 @@ def _nullable(values: np.ndarray, keep: np.ndarray) -> list:
     return out
 
 
-def class_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """A short per-class view of the run, by explained class: n, accuracy, attention stats."""
-    ok = summary[summary["status"] == "ok"]
-    if ok.empty:
-        return pd.DataFrame()
-    grouped = ok.groupby("target_label", sort=True)
-    table = pd.DataFrame({"n": grouped.size()})
-    if ok["correct"].notna().any():
-        table["accuracy"] = grouped["correct"].mean()
-    for col in ("pred_score", "energy_in_box", "pointing_hit", "border_fraction", "cam_entropy"):
-        values = ok[col].astype(float)
-        if values.notna().any():
-            table[col] = values.groupby(ok["target_label"]).mean()
-    table.index.name = "class"
-    return table
-
-
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     """Audit one manifest with one model as configured; returns counts and the class table."""
     from pipeline.cam import get_method
@@ -285,8 +268,6 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     compute_seconds = time.perf_counter() - compute_start
     seconds = time.perf_counter() - started
 
-    summary = pd.read_parquet(out / "summary.parquet")
-    classes = class_table(summary)
     write_json(
         out / "run.json",
         _run_record(
@@ -303,8 +284,29 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
         rate,
         out,
     )
-    text = classes.to_string(float_format=lambda v: f"{v:.3f}") if not classes.empty else ""
+    text = ""
+    if cfg.report.enabled:
+        from pipeline.report import build_audit
+
+        audit = build_audit(out, OmegaConf.to_object(cfg.report))
+        text = _class_lines(audit.classes)
     return RunResult(out, len(table), counts["ok"], counts["error"], seconds, text)
+
+
+def _class_lines(classes: pd.DataFrame) -> str:
+    """The per-class table printed at the end of a run."""
+    columns = [
+        "class",
+        "n",
+        "accuracy",
+        "pred_score_mean",
+        "energy_in_box_mean",
+        "border_fraction_mean",
+        "flagged",
+    ]
+    view = classes[[c for c in columns if c in classes.columns]].set_index("class")
+    view = view.rename(columns=lambda c: c.removesuffix("_mean"))
+    return view.to_string(float_format=lambda v: f"{v:.3f}")
 
 
 def _run_record(
@@ -329,6 +331,7 @@ def _run_record(
             "input_size": list(loaded.input_size),
             "channels": loaded.channels,
             "classes": len(loaded.class_names),
+            "class_names": list(loaded.class_names),
             "output_activation": loaded.output_activation,
         },
         "manifest": {"path": str(manifest_path), "sha256": sha256(Path(manifest_path))},
@@ -399,6 +402,7 @@ def task(cfg: DictConfig) -> None:
     )
     print(f"outputs: {result.output_dir}  (summary.parquet, heatmaps/, overlays/, run.json)")
     if result.class_table:
+        print(f"report: {result.output_dir / 'report.html'}")
         print("\nper class (by explained class):")
         print(result.class_table)
 

@@ -310,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tensorflow as tf
 
     keras.utils.set_random_seed(args.seed)
+    load_before = os.getloadavg()[0]  # other work on the machine skews every number
     work = Path(tempfile.mkdtemp(prefix="gradcam-bench-"))
     try:
         log.info("generating %d JPEGs (%dx%d) in %s", args.n, *IMAGE_SIZE, work)
@@ -370,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "layer": cfg.model.layer,
         "warmup": {"inference": args.batch_size, "pipeline": args.batch_size, "reference": 1},
         "cpus": os.cpu_count(),
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # start, end
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,

@@ -1,0 +1,287 @@
+"""report.html: one self-contained page (inline CSS/JS, relative image links, no network)."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import pandas as pd
+
+from pipeline.outputs import _atomic
+
+if TYPE_CHECKING:
+    from pipeline.report import Audit
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2433;
+background:#f5f6f8}
+header{background:#1d2433;color:#fff;padding:20px 32px}
+header h1{margin:0 0 4px;font-size:22px} header p{margin:0;color:#b9c0cf}
+main{padding:8px 32px 48px;max-width:1400px}
+h2{margin:28px 0 10px;font-size:18px;border-bottom:2px solid #dde1e8;padding-bottom:4px}
+.cards{display:flex;flex-wrap:wrap;gap:10px;margin-top:14px}
+.card{background:#2c3547;border-radius:8px;padding:8px 14px;min-width:92px}
+.card b{display:block;font-size:20px} .card span{color:#b9c0cf;font-size:12px}
+.flag{background:#fff;border-left:5px solid #d9480f;border-radius:6px;padding:12px 16px;
+margin:12px 0;box-shadow:0 1px 2px rgba(0,0,0,.08)}
+.flag h3{margin:0 0 6px} .flag ul{margin:4px 0 10px;padding-left:20px}
+.strip{display:flex;flex-wrap:wrap;gap:10px}
+figure{margin:0;background:#fff;border:1px solid #dde1e8;border-radius:4px;padding:4px;
+text-align:center} figure img{display:block;height:140px;max-width:220px;object-fit:contain}
+figcaption{font-size:11px;color:#5b6477;max-width:220px;overflow:hidden;text-overflow:ellipsis;
+white-space:nowrap}
+table{border-collapse:collapse;background:#fff;font-size:13px;margin:6px 0}
+th,td{padding:4px 8px;border-bottom:1px solid #e6e9ef;text-align:right;white-space:nowrap}
+th{background:#eef0f4;cursor:pointer;position:sticky;top:0;user-select:none}
+th.sorted-asc::after{content:" \\25B2"} th.sorted-desc::after{content:" \\25BC"}
+td.t,th.t{text-align:left} tr.flagged td{background:#fff4e6}
+td img{height:40px;vertical-align:middle}
+input.filter{padding:6px 10px;border:1px solid #c5cad5;border-radius:4px;width:260px}
+.ok{color:#2b8a3e} .bad{color:#c92a2a} .note{color:#5b6477}
+.confusion td{min-width:34px;text-align:center}
+img.broken{outline:3px solid red}
+"""
+
+JS = """
+function cellValue(td){const v=td.dataset.v;if(v!==undefined&&v!==''&&!isNaN(+v))return +v;
+return (v!==undefined?v:td.textContent).toLowerCase();}
+document.querySelectorAll('table.sortable').forEach(table=>{
+  table.querySelectorAll('th').forEach((th,col)=>{th.addEventListener('click',()=>{
+    const asc=!th.classList.contains('sorted-asc');
+    table.querySelectorAll('th').forEach(h=>h.classList.remove('sorted-asc','sorted-desc'));
+    th.classList.add(asc?'sorted-asc':'sorted-desc');
+    const body=table.tBodies[0];const rows=[...body.rows];
+    rows.sort((a,b)=>{const x=cellValue(a.cells[col]),y=cellValue(b.cells[col]);
+      if(x===y)return 0;if(x===''||x==='nan')return 1;if(y===''||y==='nan')return -1;
+      return (x<y?-1:1)*(asc?1:-1);});
+    rows.forEach(r=>body.appendChild(r));});});});
+document.querySelectorAll('input.filter').forEach(input=>{input.addEventListener('input',()=>{
+  const q=input.value.toLowerCase();
+  document.querySelectorAll(input.dataset.target+' tbody tr').forEach(r=>{
+    r.style.display=r.textContent.toLowerCase().includes(q)?'':'none';});});});
+window.addEventListener('load',()=>{
+  const imgs=[...document.images];
+  const broken=imgs.filter(i=>!i.complete||i.naturalWidth===0);
+  broken.forEach(i=>i.classList.add('broken'));
+  document.body.dataset.images=imgs.length;document.body.dataset.broken=broken.length;
+  document.body.dataset.ready='1';});
+"""
+
+CLASS_COLUMNS = [
+    ("n", "n", "{:d}"),
+    ("n_errors", "errors", "{:d}"),
+    ("accuracy", "accuracy", "{:.1%}"),
+    ("pred_score_mean", "score", "{:.3f}"),
+    ("energy_in_box_mean", "in box", "{:.2f}"),
+    ("pointing_hit_mean", "pointing", "{:.1%}"),
+    ("border_fraction_mean", "border", "{:.2f}"),
+    ("cam_entropy_mean", "entropy", "{:.2f}"),
+    ("coverage_mean", "coverage", "{:.2f}"),
+    ("peak_spread", "peak spread", "{:.3f}"),
+    ("centroid_spread", "centroid spread", "{:.3f}"),
+]
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def href(rel: str) -> str:
+    """A relative link to a file of the output folder, safe for any characters in its name."""
+    return quote(rel.replace("\\", "/"), safe="/")
+
+
+def _fmt(value: object, pattern: str) -> tuple[str, str]:
+    """(display text, sort value) of a table cell."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "–", ""
+    if "d" in pattern:
+        value = int(value)
+    return pattern.format(value), f"{float(value):.6g}"
+
+
+def _figure(src: str, caption: str, title: str = "") -> str:
+    return (
+        f'<figure title="{esc(title or caption)}"><img src="{href(src)}" loading="eager" '
+        f'alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
+    )
+
+
+def _headline(h: dict) -> str:
+    cards = [
+        ("rows", h["rows"]),
+        ("ok", h["ok"]),
+        ("errors", h["errors"]),
+        ("accuracy", f"{h['accuracy']:.1%}" if h.get("accuracy") is not None else "–"),
+        ("classes", h["classes"]),
+        ("flagged", h["flagged"]),
+        ("images/s", f"{h['images_per_second']:.1f}" if h.get("images_per_second") else "–"),
+    ]
+    items = "".join(
+        f'<div class="card"><b>{esc(v)}</b><span>{esc(k)}</span></div>' for k, v in cards
+    )
+    sub = (
+        f"model {h.get('model') or '?'} · layer {h.get('layer') or '?'} · classes grouped by "
+        f"{'explained class' if h['group_by'] == 'target' else 'true label'}"
+    )
+    return (
+        f"<header><h1>Grad-CAM audit</h1><p>{esc(sub)}</p><div class='cards'>{items}</div></header>"
+    )
+
+
+def _flagged(audit: Audit, summary: pd.DataFrame) -> str:
+    flagged = audit.classes[audit.classes["flagged"]]
+    parts = [f"<h2 id='flagged'>Flagged classes ({len(flagged)})</h2>"]
+    if flagged.empty:
+        parts.append(
+            "<p class='ok'>No class is flagged: no class's attention sits off the object, "
+            "on the border or in one fixed place far more than the others'.</p>"
+        )
+    by_id = summary.drop_duplicates("id").set_index("id")
+    for _, row in flagged.iterrows():
+        reasons = "".join(f"<li>{esc(r)}</li>" for r in row["flag_reasons"])
+        figures = []
+        if isinstance(row.get("mean_map_png"), str):
+            figures.append(_figure(row["mean_map_png"], "mean map", f"mean map of {row['class']}"))
+        for example in row["examples"]:
+            if example not in by_id.index or not isinstance(
+                by_id.loc[example, "overlay_path"], str
+            ):
+                continue
+            e = by_id.loc[example]
+            stat = (
+                f"in box {e['energy_in_box']:.2f}"
+                if pd.notna(e["energy_in_box"])
+                else f"border {e['border_fraction']:.2f}"
+            )
+            figures.append(_figure(e["overlay_path"], f"{example} · {stat}", str(example)))
+        parts.append(
+            f"<article class='flag'><h3>{esc(row['class'])} <span class='note'>"
+            f"(n={int(row['n'])})</span></h3><ul>{reasons}</ul>"
+            f"<div class='strip'>{''.join(figures)}</div></article>"
+        )
+    return "".join(parts)
+
+
+def _class_table(audit: Audit) -> str:
+    head = "<th class='t'>class</th><th class='t'>mean map</th><th class='t'>flag</th>" + "".join(
+        f"<th>{esc(label)}</th>" for _, label, _ in CLASS_COLUMNS
+    )
+    body = []
+    for _, row in audit.classes.iterrows():
+        thumb = (
+            f"<img src='{href(row['mean_map_png'])}' alt='mean map'>"
+            if isinstance(row.get("mean_map_png"), str)
+            else ""
+        )
+        cells = [
+            f"<td class='t'>{esc(row['class'])}</td>",
+            f"<td class='t'>{thumb}</td>",
+            f"<td class='t' data-v='{int(row['flagged'])}'>"
+            f"{'<b class=bad>flagged</b>' if row['flagged'] else ''}</td>",
+        ]
+        for column, _, pattern in CLASS_COLUMNS:
+            text, sort = _fmt(row.get(column), pattern)
+            cells.append(f"<td data-v='{sort}'>{text}</td>")
+        cls = " class='flagged'" if row["flagged"] else ""
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    return (
+        "<h2 id='classes'>All classes</h2>"
+        "<input class='filter' data-target='#class-table' placeholder='filter classes…'>"
+        "<p class='note'>Click a column to sort. Means over the class's images; "
+        "in box = share of the map inside the object box, pointing = peak inside the box, "
+        "border = share of the map in the outer eighth.</p>"
+        f"<table class='sortable' id='class-table'><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _group_table(audit: Audit) -> str:
+    if audit.groups is None or audit.groups.empty:
+        return "<h2 id='groups'>Subgroups</h2><p class='note'>The manifest has no group column.</p>"
+    columns = [
+        ("n", "{:d}"),
+        ("accuracy", "{:.1%}"),
+        ("energy_in_box_mean", "{:.2f}"),
+        ("border_fraction_mean", "{:.2f}"),
+        ("accuracy_gap", "{:.1%}"),
+        ("attention_gap", "{:.2f}"),
+    ]
+    head = (
+        "<th class='t'>class</th><th class='t'>group</th>"
+        + "".join(f"<th>{esc(c)}</th>" for c, _ in columns)
+        + "<th class='t'>gap</th>"
+    )
+    body = []
+    for _, row in audit.groups.iterrows():
+        cells = [
+            f"<td class='t'>{esc(row['class'])}</td>",
+            f"<td class='t'>{esc(row['group'])}</td>",
+        ]
+        for column, pattern in columns:
+            text, sort = _fmt(row.get(column), pattern)
+            cells.append(f"<td data-v='{sort}'>{text}</td>")
+        reasons = "; ".join(row["gap_reasons"]) if isinstance(row["gap_reasons"], list) else ""
+        cells.append(f"<td class='t'>{esc(reasons)}</td>")
+        cls = " class='flagged'" if row["gap_flagged"] else ""
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    n_flag = audit.groups.drop_duplicates("class_index")["gap_flagged"].sum()
+    return (
+        f"<h2 id='groups'>Subgroups ({int(n_flag)} classes with gaps)</h2>"
+        "<input class='filter' data-target='#group-table' placeholder='filter groups…'>"
+        f"<table class='sortable' id='group-table'><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _confusion(audit: Audit) -> str:
+    if audit.confusion is None:
+        return "<h2 id='confusion'>Confusion</h2><p class='note'>No labels in the manifest.</p>"
+    matrix = audit.confusion.set_index("label")
+    head = "<th class='t'>label \\ predicted</th>" + "".join(
+        f"<th>{esc(c)}</th>" for c in matrix.columns
+    )
+    rows = []
+    for label, counts in matrix.iterrows():
+        total = max(int(counts.sum()), 1)
+        cells = [f"<td class='t'><b>{esc(label)}</b></td>"]
+        for pred, count in counts.items():
+            share = int(count) / total
+            colour = "43,138,62" if pred == label else "201,42,42"
+            text_colour = "#fff" if share > 0.55 else "#1d2433"
+            cells.append(
+                f"<td style='background:rgba({colour},{share:.3f});color:{text_colour}' "
+                f"title='{esc(label)} → {esc(pred)}: {int(count)}'>{int(count)}</td>"
+            )
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        "<h2 id='confusion'>Confusion (label × prediction)</h2>"
+        "<p class='note'>Counts; shading is the share of the row "
+        "(green: correct, red: confused).</p>"
+        f"<table class='confusion'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+        "</table>"
+    )
+
+
+def write_html(out: Path, audit: Audit, summary: pd.DataFrame, names: dict[int, str]) -> Path:
+    """Render the report next to the run's files; every link is relative."""
+    page = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>gradcam-audit report</title><style>{CSS}</style></head>"
+        "<body data-report='gradcam-audit'>"
+        f"{_headline(audit.headline)}<main>{_flagged(audit, summary)}{_class_table(audit)}"
+        f"{_group_table(audit)}{_confusion(audit)}"
+        "<p class='note'>How to read a flag: a class is flagged when its attention is an outlier "
+        "against the other classes (robust z-score of the class mean against the median and MAD "
+        "of the others, plus a minimum absolute gap): little of the map inside the object box, "
+        "much of it on the border, or its centroid nearly the same in every image. A flag is a "
+        "place to look, not a verdict: open the examples.</p>"
+        f"</main><script>{JS}</script></body></html>"
+    )
+    path = out / "report.html"
+    _atomic(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    return path
