@@ -168,6 +168,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     pending: deque[tuple[dict, list[Future]]] = deque()
     counts = {"ok": 0, "error": 0}
     compute_start = time.perf_counter()
+    first_batch: dict[str, float] = {}  # the first batch also pays for tracing the step
 
     def flush(limit: int) -> None:
         while len(pending) > limit:
@@ -254,6 +255,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
             counts["error"] += len(rows) - n_ok
             pending.append((columns, futures))
             flush(PENDING_BATCHES)
+            if not first_batch:
+                first_batch.update(seconds=time.perf_counter() - compute_start, rows=len(rows))
             bar.update(len(rows))
             bar.set_postfix(errors=counts["error"], refresh=False)
         flush(0)
@@ -271,7 +274,15 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     write_json(
         out / "run.json",
         _run_record(
-            cfg, loaded, manifest_path, model_path, counts, len(table), seconds, compute_seconds
+            cfg,
+            loaded,
+            manifest_path,
+            model_path,
+            counts,
+            len(table),
+            seconds,
+            compute_seconds,
+            first_batch,
         ),
     )
     rate = len(table) / compute_seconds if compute_seconds > 0 else 0.0
@@ -293,6 +304,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     return RunResult(out, len(table), counts["ok"], counts["error"], seconds, text)
 
 
+def _rate(images: float, seconds: float) -> float | None:
+    return round(images / seconds, 3) if images > 0 and seconds > 0 else None
+
+
 def _class_lines(classes: pd.DataFrame) -> str:
     """The per-class table printed at the end of a run."""
     columns = [
@@ -310,7 +325,7 @@ def _class_lines(classes: pd.DataFrame) -> str:
 
 
 def _run_record(
-    cfg, loaded, manifest_path, model_path, counts, rows, seconds, compute_seconds
+    cfg, loaded, manifest_path, model_path, counts, rows, seconds, compute_seconds, first_batch
 ) -> dict:
     import keras
     import tensorflow as tf
@@ -322,6 +337,10 @@ def _run_record(
             "seconds": round(seconds, 3),
             "compute_seconds": round(compute_seconds, 3),
             "images_per_second": round(rows / compute_seconds, 3) if compute_seconds > 0 else None,
+            "first_batch_seconds": round(first_batch.get("seconds", 0.0), 3),
+            "steady_images_per_second": _rate(
+                rows - first_batch.get("rows", 0), compute_seconds - first_batch.get("seconds", 0)
+            ),
         },
         "model": {
             "source": loaded.source,

@@ -149,6 +149,8 @@ def test_run_json_records_counts_versions_hashes(audit, model_files):
     record = json.loads((out / "run.json").read_text())
     assert record["counts"] == {"rows": 12, "ok": 9, "errors": 3}
     assert record["timing"]["images_per_second"] > 0
+    assert record["timing"]["steady_images_per_second"] > 0  # the 7 rows after the first batch
+    assert record["model"]["class_names"] == CLASSES
     assert record["model"]["sha256"] == hashlib.sha256(model_files["rgb"].read_bytes()).hexdigest()
     assert len(record["manifest"]["sha256"]) == 64
     assert {"python", "tensorflow", "keras", "numpy"} <= set(record["versions"])
