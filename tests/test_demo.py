@@ -34,9 +34,10 @@ def test_demo_runs_offline_end_to_end_and_reuses_its_cache(tmp_path):
     assert set(summary["label"]) == set(CLASSES) and summary["energy_in_box"].notna().all()
     assert summary["group"].isin(["dark", "light"]).all()
     assert (out / ".hydra" / "config.yaml").is_file()
-    assert len(list((out / "overlays").glob("*.jpg"))) == 24
-    assert json.loads((out / "run.json").read_text())["counts"]["ok"] == 24
+    assert len(list((out / "overlays").glob("*.jpg"))) == 6 * len(CLASSES)
+    assert json.loads((out / "run.json").read_text())["counts"]["ok"] == 6 * len(CLASSES)
     assert f"outputs: {out}" in first.stdout and "per class" in first.stdout
+    assert (out / "report.html").is_file() and (out / "classes.parquet").is_file()
     for name in CLASSES:
         assert name in first.stdout or name not in set(summary["target_label"])
 
