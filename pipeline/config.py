@@ -25,6 +25,7 @@ class ModelConfig:
     score: str = "logits"  # logits: explain pre-softmax scores; probs: the model's output
     topk: int = 5
     input_size: list[int] | None = None  # [height, width] when the model does not fix it
+    safe_mode: bool = True  # Keras safe mode: refuse Lambda layers (arbitrary code) in files
 
 
 @dataclass
@@ -93,6 +94,10 @@ class Config:
     batch_size: int = 32
     seed: int = 0
     output_dir: str = "outputs/${now:%Y-%m-%d_%H-%M-%S}"
+    resume: bool = True  # continue what output_dir holds; false: start over in it
+    chunk_batches: int = 8  # batches per committed chunk (the unit of resume)
+    deterministic: bool = True  # TensorFlow op determinism: reruns give bit-identical results
+    max_error_rate: float = 0.05  # exit code 3 when a larger share of rows are errors
     progress: bool = True  # tqdm bar
     writer_threads: int = 2  # threads writing .npy and overlay files
 

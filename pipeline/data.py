@@ -9,6 +9,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.faults import checkpoint
+
 Image.MAX_IMAGE_PIXELS = None  # we refuse oversized images ourselves, before decoding
 
 
@@ -90,6 +92,7 @@ def load_example(
     path: str, size: tuple[int, int], channels: int, base_side: int, max_pixels: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool, bytes]:
     """One row: (image (H,W,C) uint8, base (S,S,3) uint8 padded, base_hw, orig_hw, ok, error)."""
+    checkpoint("decode")
     h, w = size
     image = np.zeros((h, w, channels), np.uint8)
     base = np.zeros((max(base_side, 1), max(base_side, 1), 3), np.uint8)
@@ -112,6 +115,7 @@ def load_example(
 
 def make_dataset(
     paths: Sequence[str],
+    rows: Sequence[int] | None,
     size: tuple[int, int],
     channels: int,
     batch_size: int,
@@ -120,7 +124,8 @@ def make_dataset(
     parallel: int = -1,
     prefetch: int = 2,
 ) -> tf.data.Dataset:
-    """Batches in manifest order: dict(row, image, base, base_hw, orig_hw, ok, error).
+    """Batches of `rows` (default: all), in order: dict(row, image, base, base_hw, orig_hw, ok,
+    error); `row` indexes `paths`.
 
     Decoding runs in parallel threads (PIL releases the GIL while decoding); a row that cannot
     be read keeps its place in the batch with ok=False and a specific error.
@@ -156,7 +161,8 @@ def make_dataset(
         }
 
     calls = tf.data.AUTOTUNE if parallel is None or parallel < 1 else parallel
-    ds = tf.data.Dataset.range(len(paths))
+    todo = np.arange(len(paths)) if rows is None else np.asarray(rows, np.int64)
+    ds = tf.data.Dataset.from_tensor_slices(todo.astype(np.int64))
     ds = ds.map(load_tf, num_parallel_calls=calls, deterministic=True)
     ds = ds.batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE if prefetch < 0 else prefetch)

@@ -287,7 +287,7 @@ def split_model(
 # ----------------------------------------------------------------------------- loading
 
 
-def _load_file(path: str) -> keras.Model:
+def _load_file(path: str, safe_mode: bool = True) -> keras.Model:
     p = Path(path).expanduser()
     if not p.exists():
         raise ConfigError(f"model.path not found: {path}")
@@ -298,9 +298,15 @@ def _load_file(path: str) -> keras.Model:
             f"model.path {path}: expected a .keras or .h5 file or a SavedModel folder"
         )
     try:
-        return keras.models.load_model(p, compile=False)
+        return keras.models.load_model(p, compile=False, safe_mode=safe_mode)
     except Exception as exc:  # keras raises many types for unreadable files
-        raise ConfigError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from exc
+        if safe_mode and ("safe_mode" in str(exc) or "Lambda" in str(exc)):
+            raise ConfigError(
+                f"{path} contains a Lambda layer or Python lambda (arbitrary code), which Keras's "
+                "safe mode refuses to load; if you trust the file, pass model.safe_mode=false"
+            ) from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(f"cannot load model {path}: {type(exc).__name__}: {first}") from exc
 
 
 def _load_savedmodel(folder: Path) -> keras.Model:
@@ -365,6 +371,7 @@ def load_model(
     class_names: object,
     score: str,
     input_size: list[int] | None,
+    safe_mode: bool = True,
 ) -> LoadedModel:
     """Load a preset or a file and prepare it for batched Grad-CAM."""
     if score not in ("logits", "probs"):
@@ -376,7 +383,7 @@ def load_model(
     elif name in ("custom", "demo"):
         if not path:
             raise ConfigError("model=custom needs model.path=<.keras or .h5 file>")
-        model = _load_file(path)
+        model = _load_file(path, safe_mode)
         source = str(path)
         if weights:  # a weights file on top of the model file (e.g. a later checkpoint)
             _load_weights(model, weights)

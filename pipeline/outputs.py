@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
+
+from pipeline.faults import checkpoint
 
 SUMMARY_SCHEMA = pa.schema(
     [
@@ -72,6 +73,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        checkpoint("write")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -110,36 +112,14 @@ def write_json(path: Path, payload: dict) -> None:
     _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
 
 
-class SummaryWriter:
-    """Appends row batches to summary.parquet under a temporary name; `close` publishes it."""
-
-    def __init__(self, path: Path, schema: pa.Schema = SUMMARY_SCHEMA):
-        self.path = Path(path)
-        self.schema = schema
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self._writer = pq.ParquetWriter(self._tmp, schema)
-        self.rows = 0
-
-    def write(self, columns: dict[str, list | np.ndarray]) -> None:
-        """Append one batch: a value list/array per schema column (missing columns -> nulls)."""
-        n = len(next(iter(columns.values())))
-        arrays = []
-        for field in self.schema:
-            values = columns.get(field.name)
-            if values is None:
-                arrays.append(pa.nulls(n, field.type))
-            else:
-                arrays.append(pa.array(values, type=field.type, from_pandas=True))
-        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
-        self.rows += n
-
-    def close(self) -> None:
-        """Finish the file and rename it into place."""
-        self._writer.close()
-        os.replace(self._tmp, self.path)
-
-    def abort(self) -> None:
-        """Drop the partial file."""
-        self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+def summary_table(columns: dict[str, list | np.ndarray]) -> pa.Table:
+    """One batch of summary rows: a value list/array per schema column (missing -> nulls)."""
+    n = len(next(iter(columns.values())))
+    arrays = []
+    for field in SUMMARY_SCHEMA:
+        values = columns.get(field.name)
+        if values is None:
+            arrays.append(pa.nulls(n, field.type))
+        else:
+            arrays.append(pa.array(values, type=field.type, from_pandas=True))
+    return pa.Table.from_arrays(arrays, schema=SUMMARY_SCHEMA)

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pipeline import CONF_DIR, __version__
 from pipeline.config import ConfigError, register_configs
+from pipeline.faults import checkpoint
 from pipeline.manifest import BOX_COLUMNS, read_manifest, resolve_labels
-from pipeline.outputs import SummaryWriter, safe_name, save_heatmap, save_overlay, write_json
+from pipeline.outputs import safe_name, save_heatmap, save_overlay, summary_table, write_json
+from pipeline.resume import check_writable, fingerprint, is_complete, mark_complete, prepare
 
 log = logging.getLogger(__name__)
 PENDING_BATCHES = 2  # batches whose files may still be in flight before their rows are written
@@ -35,6 +38,7 @@ class RunResult:
     errors: int
     seconds: float
     class_table: str
+    top_errors: list[tuple[str, int]]
 
 
 def sha256(path: Path) -> str | None:
@@ -94,19 +98,12 @@ def _nullable(values: np.ndarray, keep: np.ndarray) -> list:
     return out
 
 
-def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
-    """Audit one manifest with one model as configured; returns counts and the class table."""
-    from pipeline.cam import get_method
-    from pipeline.data import make_dataset
-    from pipeline.demo import ensure_demo
-    from pipeline.model import load_model
-    from pipeline.stats import STAT_COLUMNS
-    from pipeline.step import TARGET_LABEL, build_step, target_code
-
-    started = time.perf_counter()
-    out = Path(output_dir if output_dir is not None else cfg.output_dir)
+def _validate(cfg: DictConfig) -> None:
+    """Value checks the schema's types cannot express."""
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size}; expected a positive integer")
+    if cfg.chunk_batches < 1:
+        raise ConfigError(f"chunk_batches={cfg.chunk_batches}; expected a positive integer")
     if cfg.heatmaps.resolution not in ("layer", "input"):
         raise ConfigError(
             f"heatmaps.resolution={cfg.heatmaps.resolution!r}; expected layer or input"
@@ -115,6 +112,13 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
         raise ConfigError(f"overlays.alpha={cfg.overlays.alpha}; expected a value in [0, 1]")
     if cfg.overlays.max_side < 8:
         raise ConfigError(f"overlays.max_side={cfg.overlays.max_side}; expected at least 8")
+    if not 0.0 <= cfg.max_error_rate <= 1.0:
+        raise ConfigError(f"max_error_rate={cfg.max_error_rate}; expected a value in [0, 1]")
+
+
+def _inputs(cfg: DictConfig) -> tuple[str, str | None, object]:
+    """(manifest path, model path, class names), building the demo when it is asked for."""
+    from pipeline.demo import ensure_demo
 
     model_cfg = cfg.model
     manifest_path = cfg.data.manifest
@@ -130,29 +134,110 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
         manifest_path = manifest_path or str(assets.manifest)
     if not manifest_path:
         raise ConfigError("data.manifest is required: data.manifest=images.csv (or run the demo)")
+    return manifest_path, model_path, class_names
 
+
+def error_kinds(errors: pd.Series, top: int = 5) -> list[tuple[str, int]]:
+    """The commonest error messages, paths and details stripped: [(kind, count)]."""
+    kinds = errors.dropna().map(lambda m: re.split(r"[:(]", m, maxsplit=1)[0].strip())
+    return [(k, int(n)) for k, n in kinds.value_counts().head(top).items()]
+
+
+def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
+    """Audit one manifest with one model as configured; resumes what `output_dir` holds."""
+    from pipeline.cam import get_method
+    from pipeline.model import load_model
+
+    started = time.perf_counter()
+    out = Path(output_dir if output_dir is not None else cfg.output_dir)
+    _validate(cfg)
+    manifest_path, model_path, class_names = _inputs(cfg)
     table = read_manifest(manifest_path)
+    m = cfg.model
     loaded = load_model(
-        model_cfg.name,
+        m.name,
         model_path,
-        model_cfg.weights,
-        model_cfg.layer,
-        model_cfg.preprocess,
+        m.weights,
+        m.layer,
+        m.preprocess,
         class_names,
-        model_cfg.score,
-        model_cfg.input_size,
+        m.score,
+        m.input_size,
+        safe_mode=m.safe_mode,
     )
     method = get_method(cfg.cam.name)
+    from pipeline.step import target_code
+
+    code = target_code(cfg.target, len(loaded.class_names))
+    check_writable(out)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    hashes = {
+        "manifest": sha256(Path(manifest_path)),
+        "model": sha256(Path(model_path)) if model_path else None,
+        "weights": sha256(Path(m.weights)) if m.weights else None,
+    }
+    fp = fingerprint(config, hashes["manifest"], f"{hashes['model']}/{hashes['weights']}")
+    timing: dict[str, float] = {}
+    if cfg.resume and is_complete(out, fp):
+        log.info("%s is already complete for this config; nothing to compute", out)
+    else:
+        store = prepare(out, fp, cfg.resume, len(table), cfg.batch_size * cfg.chunk_batches)
+        _audit(cfg, table, loaded, method, code, store, timing)
+        store.finalize()
+        mark_complete(out)
+    summary = pd.read_parquet(out / "summary.parquet", columns=["status", "error"])
+    counts = {"ok": int((summary["status"] == "ok").sum())}
+    counts["error"] = len(summary) - counts["ok"]
+    seconds = time.perf_counter() - started
+    record = _run_record(
+        cfg, config, loaded, manifest_path, hashes, counts, len(table), seconds, timing
+    )
+    write_json(out / "run.json", record)
+    log.info(
+        "done: %d rows, %d ok, %d errors in %.1f s (%s img/s); outputs in %s",
+        len(table),
+        counts["ok"],
+        counts["error"],
+        seconds,
+        record["timing"]["images_per_second"],
+        out,
+    )
+    text = ""
+    if cfg.report.enabled:
+        from pipeline.report import build_audit
+
+        audit = build_audit(out, OmegaConf.to_object(cfg.report))
+        text = _class_lines(audit.classes)
+    return RunResult(
+        out, len(table), counts["ok"], counts["error"], seconds, text, error_kinds(summary["error"])
+    )
+
+
+def _audit(cfg, table, loaded, method, code, store, timing: dict) -> None:
+    """Compute every chunk not yet committed; each is committed once its files are written."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.data import make_dataset
+    from pipeline.stats import STAT_COLUMNS
+    from pipeline.step import TARGET_LABEL, build_step
+
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    done = store.committed()
+    todo = [r for c in range(store.n_chunks) if c not in done for r in store.chunk_rows_of(c)]
+    if done:
+        log.info("resuming: %d of %d chunks already committed", len(done), store.n_chunks)
     names = loaded.class_names
-    code = target_code(cfg.target, len(names))
     label_index, label_warnings = resolve_labels(table["label"], names)
     step = build_step(loaded, method, cfg.model.topk, code, colourise=cfg.overlays.enabled)
-
-    out.mkdir(parents=True, exist_ok=True)
+    out = store.out
     heat_dir, overlay_dir = out / "heatmaps", out / "overlays"
     base_side = cfg.overlays.max_side if cfg.overlays.enabled else 0
     dataset = make_dataset(
         table["path"].tolist(),
+        todo,
         loaded.input_size,
         loaded.channels,
         cfg.batch_size,
@@ -163,22 +248,30 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     )
     boxes_px = table[BOX_COLUMNS].to_numpy(np.float64)  # (N,4)
     stems = [safe_name(r, i) for r, i in zip(table["row"], table["id"])]
-    writer = SummaryWriter(out / "summary.parquet")
     pool = ThreadPoolExecutor(max_workers=max(1, cfg.writer_threads), thread_name_prefix="writer")
-    pending: deque[tuple[dict, list[Future]]] = deque()
-    counts = {"ok": 0, "error": 0}
-    compute_start = time.perf_counter()
-    first_batch: dict[str, float] = {}  # the first batch also pays for tracing the step
+    pending: deque[tuple[int, pa.Table, list[Future]]] = deque()
+    chunk_tables: dict[int, list[pa.Table]] = {}
+    start = time.perf_counter()
 
     def flush(limit: int) -> None:
+        """Wait for the oldest batches' files; commit every chunk that is then complete."""
         while len(pending) > limit:
-            columns, futures = pending.popleft()
+            chunk, batch_table, futures = pending.popleft()
             for future in futures:
-                future.result()  # a failed write stops the run: nothing half-done looks whole
-            writer.write(columns)
+                future.result()  # a failed write stops the run: its chunk is never committed
+            parts = chunk_tables.setdefault(chunk, [])
+            parts.append(batch_table)
+            if sum(t.num_rows for t in parts) == len(store.chunk_rows_of(chunk)):
+                store.commit(chunk, pa.concat_tables(chunk_tables.pop(chunk)))
 
-    log.info("auditing %d rows from %s -> %s", len(table), manifest_path, out)
-    bar = tqdm(total=len(table), unit="img", disable=not cfg.progress, dynamic_ncols=True)
+    log.info("auditing %d rows from %s -> %s", len(todo), store.n_rows, out)
+    bar = tqdm(
+        total=store.n_rows,
+        initial=store.n_rows - len(todo),
+        unit="img",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+    )
     try:
         for batch in dataset:
             rows = batch["row"].numpy()
@@ -190,6 +283,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
             res = {
                 k: v.numpy() for k, v in step(batch["image"], labels, boxes, box_valid & ok).items()
             }
+            checkpoint("compute")
             if code == TARGET_LABEL:
                 for i in np.flatnonzero(ok & (labels < 0)):
                     ok[i] = False
@@ -250,58 +344,19 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
                     res["pointing_hit"] > 0.5, ok & ~np.isnan(res["pointing_hit"])
                 ),
             }
-            n_ok = int(ok.sum())
-            counts["ok"] += n_ok
-            counts["error"] += len(rows) - n_ok
-            pending.append((columns, futures))
+            chunk = int(rows[0]) // store.chunk_rows  # batches never straddle chunks
+            pending.append((chunk, summary_table(columns), futures))
             flush(PENDING_BATCHES)
-            if not first_batch:
-                first_batch.update(seconds=time.perf_counter() - compute_start, rows=len(rows))
+            if not timing:  # the first batch also pays for tracing the step
+                timing.update(
+                    first_batch_seconds=time.perf_counter() - start, first_batch_rows=len(rows)
+                )
             bar.update(len(rows))
-            bar.set_postfix(errors=counts["error"], refresh=False)
         flush(0)
-        writer.close()
-    except BaseException:
+    finally:
         bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
-        writer.abort()
-        raise
-    bar.close()
-    pool.shutdown(wait=True)
-    compute_seconds = time.perf_counter() - compute_start
-    seconds = time.perf_counter() - started
-
-    write_json(
-        out / "run.json",
-        _run_record(
-            cfg,
-            loaded,
-            manifest_path,
-            model_path,
-            counts,
-            len(table),
-            seconds,
-            compute_seconds,
-            first_batch,
-        ),
-    )
-    rate = len(table) / compute_seconds if compute_seconds > 0 else 0.0
-    log.info(
-        "done: %d rows, %d ok, %d errors in %.1f s (%.1f img/s); outputs in %s",
-        len(table),
-        counts["ok"],
-        counts["error"],
-        seconds,
-        rate,
-        out,
-    )
-    text = ""
-    if cfg.report.enabled:
-        from pipeline.report import build_audit
-
-        audit = build_audit(out, OmegaConf.to_object(cfg.report))
-        text = _class_lines(audit.classes)
-    return RunResult(out, len(table), counts["ok"], counts["error"], seconds, text)
+    timing.update(compute_seconds=time.perf_counter() - start, computed_rows=len(todo))
 
 
 def _rate(images: float, seconds: float) -> float | None:
@@ -324,28 +379,49 @@ def _class_lines(classes: pd.DataFrame) -> str:
     return view.to_string(float_format=lambda v: f"{v:.3f}")
 
 
-def _run_record(
-    cfg, loaded, manifest_path, model_path, counts, rows, seconds, compute_seconds, first_batch
-) -> dict:
+def git_commit() -> str | None:
+    """The project's git commit, when it runs from a checkout."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def _run_record(cfg, config, loaded, manifest_path, hashes, counts, rows, seconds, timing) -> dict:
+    """What run.json holds: counts, timing, model, inputs' hashes, versions, the config."""
     import keras
     import tensorflow as tf
 
+    computed = timing.get("computed_rows", 0)
+    compute = timing.get("compute_seconds", 0.0)
+    first = timing.get("first_batch_seconds", 0.0)
     return {
         "gradcam_audit": __version__,
+        "git_commit": git_commit(),
         "counts": {"rows": rows, "ok": counts["ok"], "errors": counts["error"]},
         "timing": {
             "seconds": round(seconds, 3),
-            "compute_seconds": round(compute_seconds, 3),
-            "images_per_second": round(rows / compute_seconds, 3) if compute_seconds > 0 else None,
-            "first_batch_seconds": round(first_batch.get("seconds", 0.0), 3),
+            "computed_rows": computed,  # fewer than rows when the run resumed
+            "compute_seconds": round(compute, 3),
+            "images_per_second": _rate(computed, compute),
+            "first_batch_seconds": round(first, 3),
             "steady_images_per_second": _rate(
-                rows - first_batch.get("rows", 0), compute_seconds - first_batch.get("seconds", 0)
+                computed - timing.get("first_batch_rows", 0), compute - first
             ),
         },
         "model": {
             "source": loaded.source,
-            "sha256": sha256(Path(model_path)) if model_path else None,
-            "weights_sha256": sha256(Path(cfg.model.weights)) if cfg.model.weights else None,
+            "sha256": hashes["model"],
+            "weights_sha256": hashes["weights"],
             "layer": loaded.layer_name,
             "input_size": list(loaded.input_size),
             "channels": loaded.channels,
@@ -353,15 +429,16 @@ def _run_record(
             "class_names": list(loaded.class_names),
             "output_activation": loaded.output_activation,
         },
-        "manifest": {"path": str(manifest_path), "sha256": sha256(Path(manifest_path))},
+        "manifest": {"path": str(manifest_path), "sha256": hashes["manifest"]},
         "versions": {
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "numpy": np.__version__,
             "pandas": pd.__version__,
+            "pyarrow": pa.__version__,
         },
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
     }
 
 
@@ -414,7 +491,11 @@ def task(cfg: DictConfig) -> None:
     except ConfigError as exc:
         fail(str(exc))
     except OSError as exc:
-        fail(f"cannot write outputs: {exc}", code=1)
+        fail(
+            f"cannot write outputs ({exc}); everything committed so far is kept: run the same "
+            "command again to resume",
+            code=1,
+        )
     print(
         f"\naudited {result.rows} rows: {result.ok} ok, {result.errors} errors "
         f"in {result.seconds:.1f} s"
@@ -424,6 +505,16 @@ def task(cfg: DictConfig) -> None:
         print(f"report: {result.output_dir / 'report.html'}")
         print("\nper class (by explained class):")
         print(result.class_table)
+    rate = result.errors / result.rows if result.rows else 0.0
+    if rate > cfg.max_error_rate:
+        print(
+            f"\n{result.errors} of {result.rows} rows failed ({rate:.1%}), more than "
+            f"max_error_rate={cfg.max_error_rate:.1%}; commonest errors:",
+            file=sys.stderr,
+        )
+        for kind, count in result.top_errors:
+            print(f"  {count:>7d}  {kind}", file=sys.stderr)
+        sys.exit(3)
 
 
 def main() -> None:

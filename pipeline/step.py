@@ -91,7 +91,8 @@ def build_step(
             topk_score, topk_index = tf.math.top_k(outputs, k=k)  # (B,k)
             preds = topk_index[:, 0]
             targets = pick_targets(preds, labels)  # (B,)
-            target_scores = tf.gather(scores, targets, batch_dims=1)  # (B,)
+            # one-hot product, not gather: its gradient is deterministic on every device
+            target_scores = tf.reduce_sum(scores * tf.one_hot(targets, n_classes), axis=1)  # (B,)
         grads = tape.gradient(target_scores, acts)  # (B,h',w',K); images are independent
         raw = method(acts, grads)  # (B,h',w')
         cam_max = tf.reduce_max(raw, axis=(1, 2))  # (B,)

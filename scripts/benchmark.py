@@ -130,6 +130,7 @@ def time_inference(cfg, paths: Sequence[Path], warmup: int) -> Timing:
 
     dataset = make_dataset(
         [str(p) for p in paths],
+        None,
         loaded.input_size,
         loaded.channels,
         cfg.batch_size,

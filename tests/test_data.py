@@ -141,7 +141,7 @@ def test_dataset_keeps_order_and_marks_bad_rows(tmp_path):
     good = [_save(_rgb(), tmp_path / f"g{i}.png") for i in range(5)]
     (tmp_path / "bad.png").write_bytes(b"garbage")
     paths = [good[0], str(tmp_path / "bad.png"), good[1], "", good[2], good[3], good[4]]
-    batches = list(make_dataset(paths, (16, 16), 3, batch_size=3))
+    batches = list(make_dataset(paths, None, (16, 16), 3, batch_size=3))
     assert [len(b["row"]) for b in batches] == [3, 3, 1]
     rows = np.concatenate([b["row"].numpy() for b in batches])
     ok = np.concatenate([b["ok"].numpy() for b in batches])

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ReportConfig
-from pipeline.outputs import SummaryWriter, save_heatmap
+from pipeline.outputs import save_heatmap, summary_table
 from pipeline.report import build_audit, main
 
 NAMES = ["cat", "dog", "bird", "fish"]
@@ -113,10 +114,10 @@ def synthetic_run(tmp_path) -> Path:
                 "label_index": cls,
             }
         )
-    writer = SummaryWriter(out / "summary.parquet")
     frame = pd.DataFrame(rows)
-    writer.write({c: frame[c].tolist() for c in frame.columns})
-    writer.close()
+    pq.write_table(
+        summary_table({c: frame[c].tolist() for c in frame.columns}), out / "summary.parquet"
+    )
     record = {
         "model": {
             "class_names": NAMES,
