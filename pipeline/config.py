@@ -70,7 +70,7 @@ class ReportConfig:
     group_by: str = "target"  # target: the explained class; label: the true label
     z_threshold: float = 3.0  # robust z-score (leave-one-out median/MAD) that makes an outlier
     min_gap: float = 0.15  # ... and the least absolute gap to the other classes' median
-    fixed_min_gap: float = 0.05  # least gap in centroid spread for fixed-location attention
+    fixed_min_gap: float = 0.05  # least gap in peak spread for fixed-location attention
     mad_floor: float = 0.02  # MAD never below this (near-identical classes are not outliers)
     min_class_n: int = 3  # classes with fewer ok rows are reported but neither flagged nor compared
     examples: int = 6  # off-object examples shown per flagged class

@@ -19,11 +19,18 @@ class LoadError(Exception):
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
-    """16/32-bit integer or float grayscale -> 8-bit 'L' by scaling, not clipping."""
+    """16-bit, 32-bit or float grayscale -> 8-bit 'L' by scaling, not clipping.
+
+    16-bit modes map the full 0..65535 range to 0..255 (so 12-bit data stored as 16 bits looks
+    dark, as it does in any viewer); 32-bit integers are treated as 16-bit when they exceed 255;
+    floats are scaled by their maximum when it exceeds 1, else taken as 0..1.
+    """
     arr = np.asarray(im)
     if im.mode == "F":
         top = float(arr.max()) if arr.size else 1.0
         scale = 255.0 / (top if top > 1.0 else 1.0)
+    elif im.mode.startswith("I;16"):
+        scale = 255.0 / 65535.0
     else:
         scale = 255.0 / 65535.0 if arr.max(initial=0) > 255 else 1.0
     return Image.fromarray(np.clip(arr.astype(np.float64) * scale, 0, 255).astype(np.uint8), "L")

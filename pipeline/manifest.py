@@ -23,7 +23,7 @@ READERS = {
 
 def _text(value: object) -> str | None:
     """A cell as text, or None when empty/missing."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or (np.isscalar(value) and pd.isna(value)) or value is pd.NA:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -42,7 +42,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise ConfigError(
-            f"manifest {path}: unknown format {path.suffix!r}; expected .csv, .parquet or .jsonl"
+            f"manifest {path}: unknown format {path.suffix!r}; "
+            "expected .csv, .tsv, .parquet or .jsonl"
         )
     if not path.is_file():
         raise ConfigError(f"manifest not found: {path}")
@@ -82,7 +83,9 @@ def resolve_labels(
     labels: pd.Series, class_names: list[str]
 ) -> tuple[np.ndarray, list[str | None]]:
     """Label cells (name or index) -> (label_index (N,) int32 with -1 for none, warnings)."""
-    lookup = {name: i for i, name in enumerate(class_names)}
+    lookup: dict[str, int] = {}
+    for i, name in enumerate(class_names):
+        lookup.setdefault(name, i)  # a name two classes share means the first of them
     index = np.full(len(labels), -1, np.int32)
     warnings: list[str | None] = [None] * len(labels)
     for i, label in enumerate(_text(v) for v in labels):
@@ -90,7 +93,7 @@ def resolve_labels(
             continue
         if label in lookup:
             index[i] = lookup[label]
-        elif label.lstrip("-").isdigit() and 0 <= int(label) < len(class_names):
+        elif label.isdecimal() and int(label) < len(class_names):
             index[i] = int(label)
         else:
             warnings[i] = f"label {label!r} is not a class name or index of the model"

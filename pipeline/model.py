@@ -45,6 +45,8 @@ class LoadedModel:
     output_activation: str  # "softmax" | "sigmoid" | "linear": applied to scores -> outputs
     preprocess: Callable[[tf.Tensor], tf.Tensor]
     source: str  # a file path, or "keras.applications.<Name>"
+    binary: bool = False  # one output unit: explained as two classes, [negative, positive]
+    model_activation: str = "linear"  # the model's own last activation, whatever model.score
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -413,7 +415,10 @@ def load_model(
         )
     target = find_layer(model, layer)
     head, tail, full, activation = split_model(model, target, score)
-    names = resolve_class_names(class_names, model.output_shape[-1], name in PRESETS)
+    binary = model.output_shape[-1] == 1
+    names = resolve_class_names(
+        class_names, 2 if binary else model.output_shape[-1], name in PRESETS
+    )
     log.info(
         "model %s: input %dx%dx%d, layer %s %s, %d classes, %s",
         source,
@@ -435,6 +440,8 @@ def load_model(
         channels=int(c),
         class_names=names,
         output_activation=activation,
+        binary=binary,
+        model_activation=_activation_name(_output_layer(model)),
         preprocess=prep,
         source=source,
     )

@@ -57,6 +57,14 @@ SUMMARY_SCHEMA = pa.schema(
     ]
 )
 
+
+def jet_lut() -> np.ndarray:
+    """The classic jet colour map as a (256, 3) uint8 table (no matplotlib needed)."""
+    x = np.linspace(0.0, 1.0, 256)
+    rgb = np.stack([np.clip(1.5 - np.abs(4 * x - c), 0, 1) for c in (3, 2, 1)], axis=1)
+    return np.round(rgb * 255).astype(np.uint8)
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -66,7 +74,7 @@ def safe_name(row: int, row_id: str, max_len: int = 80) -> str:
     return f"{row:07d}-{slug[-max_len:]}"
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path), then rename onto `path`: readers never see a half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -88,7 +96,7 @@ def save_heatmap(path: Path, heatmap: np.ndarray) -> None:
         with open(tmp, "wb") as f:
             np.save(f, heatmap.astype(np.float32, copy=False))
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def blend_overlay(base: np.ndarray, colour: np.ndarray, alpha: float) -> Image.Image:
@@ -103,13 +111,13 @@ def save_overlay(
 ) -> None:
     """The overlay as a JPEG."""
     image = blend_overlay(base, colour, alpha)
-    _atomic(path, lambda tmp: image.save(tmp, format="JPEG", quality=quality))
+    atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=quality))
 
 
 def write_json(path: Path, payload: dict) -> None:
     """Pretty JSON, atomically."""
     text = json.dumps(payload, indent=2, sort_keys=False, default=str)
-    _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
 
 
 def summary_table(columns: dict[str, list | np.ndarray]) -> pa.Table:

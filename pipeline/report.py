@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.config import ConfigError, ReportConfig
-from pipeline.outputs import _atomic, safe_name, save_heatmap
+from pipeline.outputs import atomic_write, jet_lut, safe_name, save_heatmap
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,15 @@ def class_names_of(summary: pd.DataFrame, record: dict) -> dict[int, str]:
             names.setdefault(int(i), str(n))
     for i in summary["label_index"].dropna().unique():
         names.setdefault(int(i), str(int(i)))
-    return names
+    return unique_names(names)
+
+
+def unique_names(names: dict[int, str]) -> dict[int, str]:
+    """Names that are unique and never 'label' (ImageNet has two 'crane's): 'crane (134)'."""
+    seen: dict[str, int] = {}
+    for name in names.values():
+        seen[name] = seen.get(name, 0) + 1
+    return {i: f"{n} ({i})" if seen[n] > 1 or n == "label" else n for i, n in names.items()}
 
 
 def _key(summary: pd.DataFrame, group_by: str) -> pd.Series:
@@ -194,10 +202,9 @@ def jet_png(heat: np.ndarray, path: Path, side: int = 192) -> None:
     """A [0,1] map as a jet-coloured PNG, scaled so its maximum is red."""
     top = float(heat.max()) if heat.size else 0.0
     norm = heat / top if top > 0 else heat
-    x = norm[..., None]
-    rgb = np.concatenate([np.clip(1.5 - np.abs(4 * x - c), 0, 1) for c in (3, 2, 1)], axis=-1)
-    image = Image.fromarray((rgb * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
-    _atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+    rgb = jet_lut()[np.round(np.clip(norm, 0, 1) * 255).astype(np.int64)]  # (h,w,3)
+    image = Image.fromarray(rgb).resize((side, side), Image.BILINEAR)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _mean_maps(
@@ -249,14 +256,14 @@ def _mean_maps(
     ).set_index("class_index")
 
 
-def _examples(ok: pd.DataFrame, key: pd.Series, cls: int, k: int) -> list[str]:
+def _examples(ok: pd.DataFrame, key: pd.Series, cls: int, k: int) -> list[int]:
     """The class's most off-object rows: least energy in the box, else most on the border."""
     part = ok[key.loc[ok.index] == cls]
     if part["energy_in_box"].notna().any():
         part = part.sort_values("energy_in_box", na_position="last")
     else:
         part = part.sort_values("border_fraction", ascending=False, na_position="last")
-    return part["id"].head(k).astype(str).tolist()
+    return part["row"].head(k).astype(int).tolist()  # rows, not ids: ids may repeat
 
 
 # ----------------------------------------------------------------------------- tables
@@ -349,7 +356,7 @@ def confusion_table(summary: pd.DataFrame, names: dict[int, str]) -> pd.DataFram
 
 def _write_parquet(table: pd.DataFrame, path: Path) -> None:
     arrow = pa.Table.from_pandas(table, preserve_index=False)
-    _atomic(path, lambda tmp: pq.write_table(arrow, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
 
 
 def build_audit(output_dir: str | Path, cfg: ReportConfig) -> Audit:

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from pipeline.outputs import _atomic
+from pipeline.outputs import atomic_write
 
 if TYPE_CHECKING:
     from pipeline.report import Audit
@@ -70,6 +70,7 @@ window.addEventListener('load',()=>{
   document.body.dataset.ready='1';});
 """
 
+MATRIX_MAX = 40  # more classes than this: a table of the commonest confusions instead
 CLASS_COLUMNS = [
     ("n", "n", "{:d}"),
     ("n_errors", "errors", "{:d}"),
@@ -140,24 +141,24 @@ def _flagged(audit: Audit, summary: pd.DataFrame) -> str:
             "<p class='ok'>No class is flagged: no class's attention sits off the object, "
             "on the border or in one fixed place far more than the others'.</p>"
         )
-    by_id = summary.drop_duplicates("id").set_index("id")
+    by_row = summary.set_index("row")
     for _, row in flagged.iterrows():
         reasons = "".join(f"<li>{esc(r)}</li>" for r in row["flag_reasons"])
         figures = []
         if isinstance(row.get("mean_map_png"), str):
             figures.append(_figure(row["mean_map_png"], "mean map", f"mean map of {row['class']}"))
         for example in row["examples"]:
-            if example not in by_id.index or not isinstance(
-                by_id.loc[example, "overlay_path"], str
+            if example not in by_row.index or not isinstance(
+                by_row.loc[example, "overlay_path"], str
             ):
                 continue
-            e = by_id.loc[example]
+            e = by_row.loc[example]
             stat = (
                 f"in box {e['energy_in_box']:.2f}"
                 if pd.notna(e["energy_in_box"])
                 else f"border {e['border_fraction']:.2f}"
             )
-            figures.append(_figure(e["overlay_path"], f"{example} · {stat}", str(example)))
+            figures.append(_figure(e["overlay_path"], f"{e['id']} · {stat}", f"row {example}"))
         parts.append(
             f"<article class='flag'><h3>{esc(row['class'])} <span class='note'>"
             f"(n={int(row['n'])})</span></h3><ul>{reasons}</ul>"
@@ -241,6 +242,8 @@ def _confusion(audit: Audit) -> str:
     if audit.confusion is None:
         return "<h2 id='confusion'>Confusion</h2><p class='note'>No labels in the manifest.</p>"
     matrix = audit.confusion.set_index("label")
+    if len(matrix) > MATRIX_MAX:
+        return _top_confusions(matrix)
     head = "<th class='t'>label \\ predicted</th>" + "".join(
         f"<th>{esc(c)}</th>" for c in matrix.columns
     )
@@ -266,6 +269,29 @@ def _confusion(audit: Audit) -> str:
     )
 
 
+def _top_confusions(matrix: pd.DataFrame, top: int = 40) -> str:
+    """Too many classes for a readable matrix: the commonest confusions as a sortable table."""
+    pairs = matrix.stack()
+    pairs = pairs[
+        (pairs > 0) & (pairs.index.get_level_values(0) != pairs.index.get_level_values(1))
+    ]
+    totals = matrix.sum(axis=1)
+    rows = []
+    for (label, pred), count in pairs.sort_values(ascending=False).head(top).items():
+        share = count / max(int(totals[label]), 1)
+        rows.append(
+            f"<tr><td class='t'>{esc(label)}</td><td class='t'>{esc(pred)}</td>"
+            f"<td data-v='{int(count)}'>{int(count)}</td>"
+            f"<td data-v='{share:.6g}'>{share:.1%}</td></tr>"
+        )
+    return (
+        f"<h2 id='confusion'>Commonest confusions ({len(matrix)} classes: the full matrix is in "
+        "confusion.parquet)</h2>"
+        "<table class='sortable'><thead><tr><th class='t'>label</th><th class='t'>predicted</th>"
+        f"<th>count</th><th>share of label</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def write_html(out: Path, audit: Audit, summary: pd.DataFrame, names: dict[int, str]) -> Path:
     """Render the report next to the run's files; every link is relative."""
     page = (
@@ -277,11 +303,12 @@ def write_html(out: Path, audit: Audit, summary: pd.DataFrame, names: dict[int, 
         f"{_group_table(audit)}{_confusion(audit)}"
         "<p class='note'>How to read a flag: a class is flagged when its attention is an outlier "
         "against the other classes (robust z-score of the class mean against the median and MAD "
-        "of the others, plus a minimum absolute gap): little of the map inside the object box, "
-        "much of it on the border, or its centroid nearly the same in every image. A flag is a "
-        "place to look, not a verdict: open the examples.</p>"
+        "of the others, plus a minimum absolute gap): little of the map inside the object box or "
+        "its peak rarely on the object, much of it on the border, or its peak at nearly the same "
+        "spot, off the object, in every image. A flag is a place to look, not a verdict: open "
+        "the examples.</p>"
         f"</main><script>{JS}</script></body></html>"
     )
     path = out / "report.html"
-    _atomic(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return path

@@ -53,8 +53,13 @@ def sha256(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def normalise_boxes(boxes: np.ndarray, orig_hw: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
-    """Pixel boxes (B,4) + image sizes (B,2) -> ([0,1] boxes (B,4), valid (B,), warnings)."""
+def normalise_boxes(
+    boxes: np.ndarray, orig_hw: np.ndarray, loaded: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list]:
+    """Pixel boxes (B,4) + image sizes (B,2) -> ([0,1] boxes (B,4), valid (B,), warnings).
+
+    Rows whose image did not load (loaded False) get neither a valid box nor a warning.
+    """
     h = orig_hw[:, 0:1].astype(np.float64)
     w = orig_hw[:, 1:2].astype(np.float64)
     present = np.isfinite(boxes)
@@ -65,16 +70,19 @@ def normalise_boxes(boxes: np.ndarray, orig_hw: np.ndarray) -> tuple[np.ndarray,
         inside = (x0 >= -1) & (y0 >= -1) & (x1 <= w[:, 0] + 1) & (y1 <= h[:, 0] + 1)
         scale = np.concatenate([w, h, w, h], axis=1)
         norm = np.clip(np.nan_to_num(boxes / np.maximum(scale, 1)), 0.0, 1.0).astype(np.float32)
-    valid = complete & ordered & inside
+    valid = complete & ordered & inside & loaded
     warnings: list[str | None] = []
     for i in range(len(boxes)):
-        if present[i].any() and not complete[i]:
+        if not loaded[i]:
+            warnings.append(None)
+        elif present[i].any() and not complete[i]:
             warnings.append("incomplete box (needs x0, y0, x1, y1); box statistics left empty")
         elif complete[i] and not ordered[i]:
             warnings.append("box has x1<=x0 or y1<=y0; box statistics left empty")
         elif complete[i] and not inside[i]:
             warnings.append(
-                f"box {tuple(boxes[i])} lies outside the {int(w[i, 0])}x{int(h[i, 0])} image; "
+                f"box ({', '.join(f'{float(v):g}' for v in boxes[i])}) lies outside the "
+                f"{int(w[i, 0])}x{int(h[i, 0])} image; "
                 "box statistics left empty"
             )
         else:
@@ -112,6 +120,8 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"overlays.alpha={cfg.overlays.alpha}; expected a value in [0, 1]")
     if cfg.overlays.max_side < 8:
         raise ConfigError(f"overlays.max_side={cfg.overlays.max_side}; expected at least 8")
+    if cfg.report.group_by not in ("target", "label"):
+        raise ConfigError(f"report.group_by={cfg.report.group_by!r}; expected target or label")
     if not 0.0 <= cfg.max_error_rate <= 1.0:
         raise ConfigError(f"max_error_rate={cfg.max_error_rate}; expected a value in [0, 1]")
 
@@ -279,10 +289,8 @@ def _audit(cfg, table, loaded, method, code, store, timing: dict) -> None:
             errors = [e.decode("utf-8") or None for e in batch["error"].numpy()]
             orig_hw = batch["orig_hw"].numpy()
             labels = label_index[rows]
-            boxes, box_valid, box_warnings = normalise_boxes(boxes_px[rows], orig_hw)
-            res = {
-                k: v.numpy() for k, v in step(batch["image"], labels, boxes, box_valid & ok).items()
-            }
+            boxes, box_valid, box_warnings = normalise_boxes(boxes_px[rows], orig_hw, ok)
+            res = {k: v.numpy() for k, v in step(batch["image"], labels, boxes, box_valid).items()}
             checkpoint("compute")
             if code == TARGET_LABEL:
                 for i in np.flatnonzero(ok & (labels < 0)):
@@ -503,7 +511,8 @@ def task(cfg: DictConfig) -> None:
     print(f"outputs: {result.output_dir}  (summary.parquet, heatmaps/, overlays/, run.json)")
     if result.class_table:
         print(f"report: {result.output_dir / 'report.html'}")
-        print("\nper class (by explained class):")
+        by = "explained class" if cfg.report.group_by == "target" else "true label"
+        print(f"\nper class (by {by}):")
         print(result.class_table)
     rate = result.errors / result.rows if result.rows else 0.0
     if rate > cfg.max_error_rate:

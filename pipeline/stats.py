@@ -23,11 +23,13 @@ STAT_COLUMNS = (
 
 
 def attention_stats(
-    maps: tf.Tensor, boxes: tf.Tensor, box_valid: tf.Tensor
+    maps: tf.Tensor, boxes: tf.Tensor, box_valid: tf.Tensor, coarse: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
     """Per-image statistics of maps (B,h,w) in [0,1], boxes (B,4) = x0,y0,x1,y1 in [0,1].
 
-    Coordinates are pixel centres in [0,1] of width/height. Mass-based statistics are NaN for an
+    Coordinates are pixel centres in [0,1] of width/height. The peak is taken on `coarse` (B,h',w')
+    when given (the map at the layer's resolution, whose upsampled plateaus would otherwise pull
+    an edge peak to the image edge), else on `maps`. Mass-based statistics are NaN for an
     all-zero map; box statistics are NaN where box_valid is False. pointing_hit is 1.0/0.0/NaN.
     """
     maps = tf.convert_to_tensor(maps, tf.float32)
@@ -45,9 +47,13 @@ def attention_stats(
     plogp = tf.where(p > 0, p * tf.math.log(tf.where(p > 0, p, 1.0)), 0.0)
     entropy = tf.math.divide_no_nan(-tf.reduce_sum(plogp, axis=(1, 2)), tf.math.log(cells))
 
-    flat_peak = tf.argmax(tf.reshape(maps, (tf.shape(maps)[0], -1)), axis=1, output_type=tf.int32)
-    peak_x = tf.gather(xs, flat_peak % w)
-    peak_y = tf.gather(ys, flat_peak // w)
+    peak_map = maps if coarse is None else tf.convert_to_tensor(coarse, tf.float32)
+    ph, pw = tf.shape(peak_map)[1], tf.shape(peak_map)[2]
+    flat_peak = tf.argmax(
+        tf.reshape(peak_map, (tf.shape(peak_map)[0], -1)), axis=1, output_type=tf.int32
+    )
+    peak_x = (tf.cast(flat_peak % pw, tf.float32) + 0.5) / tf.cast(pw, tf.float32)
+    peak_y = (tf.cast(flat_peak // pw, tf.float32) + 0.5) / tf.cast(ph, tf.float32)
     cx = tf.reduce_sum(p * gx, axis=(1, 2))
     cy = tf.reduce_sum(p * gy, axis=(1, 2))
     var = tf.reduce_sum(p * ((gx - cx[:, None, None]) ** 2 + (gy - cy[:, None, None]) ** 2), (1, 2))

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import tensorflow as tf
 
 from pipeline.cam.base import CamMethod
 from pipeline.model import LoadedModel
+from pipeline.outputs import jet_lut
 from pipeline.stats import attention_stats
 
 TARGET_PRED = -1  # target codes baked into the step: pred, label, or a class index >= 0
 TARGET_LABEL = -2
-
-
-def jet_lut() -> np.ndarray:
-    """The classic jet colour map as a (256, 3) uint8 table (no matplotlib needed)."""
-    x = np.linspace(0.0, 1.0, 256)
-    rgb = np.stack([np.clip(1.5 - np.abs(4 * x - c), 0, 1) for c in (3, 2, 1)], axis=1)
-    return np.round(rgb * 255).astype(np.uint8)
 
 
 def target_code(target: object, n_classes: int) -> int:
@@ -79,7 +72,7 @@ def build_step(
     )
     def step(images, labels, boxes, box_valid):
         x = prep(tf.cast(images, tf.float32))  # (B,H,W,C)
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
             if tail is not None:  # record only the part after the target layer
                 acts = head(x, training=False)  # (B,h',w',K)
                 tape.watch(acts)
@@ -87,7 +80,16 @@ def build_step(
             else:
                 tape.watch(x)
                 acts, scores = full(x, training=False)
-            outputs = squash(scores)  # (B,N): what the model itself outputs
+            if loaded.binary:  # one unit z: classes [negative, positive] with scores [-z, z]
+                z = scores[:, 0]
+                scores = tf.stack([-z, z], axis=1)  # (B,2)
+                if loaded.model_activation == "sigmoid":  # z is a logit, or p with score=probs
+                    p = tf.sigmoid(z) if loaded.output_activation == "sigmoid" else z
+                    outputs = tf.stack([1.0 - p, p], axis=1)
+                else:
+                    outputs = scores
+            else:
+                outputs = squash(scores)  # (B,N): what the model itself outputs
             topk_score, topk_index = tf.math.top_k(outputs, k=k)  # (B,k)
             preds = topk_index[:, 0]
             targets = pick_targets(preds, labels)  # (B,)
@@ -109,7 +111,7 @@ def build_step(
             "cam_max": cam_max,
             "map": maps,
             "map_input": up,
-            **attention_stats(up, boxes, box_valid),
+            **attention_stats(up, boxes, box_valid, coarse=maps),
         }
         if colourise:
             result["colour"] = tf.gather(lut, tf.cast(tf.round(up * 255.0), tf.int32))  # (B,H,W,3)

@@ -203,7 +203,7 @@ def time_reference(cfg, paths: Sequence[Path], out_dir: Path) -> Timing:
 
     from pipeline.model import PRESETS as MODEL_PRESETS
     from pipeline.model import resolve_preprocess
-    from pipeline.step import jet_lut
+    from pipeline.outputs import jet_lut
 
     constructor, side = MODEL_PRESETS[cfg.model.name]
     img_size = (side, side)

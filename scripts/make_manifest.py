@@ -15,11 +15,12 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from pipeline.outputs import atomic_write  # temp file, then rename
 
 log = logging.getLogger("make_manifest")
 
@@ -107,19 +108,6 @@ def manifest_table(rows: list[tuple[Path, str]], manifest: Path, relative: bool)
     return pd.DataFrame({"path": paths, "label": [label for _, label in rows]})
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """write(tmp) then rename onto path, so a half-written file never looks whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_manifest(table: pd.DataFrame, path: Path, fmt: str) -> None:
     """Write the table as CSV, Parquet or JSON Lines."""
     writers: dict[str, Callable[[str], None]] = {
@@ -127,7 +115,7 @@ def write_manifest(table: pd.DataFrame, path: Path, fmt: str) -> None:
         "parquet": lambda tmp: table.to_parquet(tmp, index=False),
         "jsonl": lambda tmp: table.to_json(tmp, orient="records", lines=True, force_ascii=False),
     }
-    _atomic_write(path, writers[fmt])
+    atomic_write(path, writers[fmt])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -162,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_manifest(table, out, fmt)
         classes_path = out.parent / "classes.txt"
         text = "".join(f"{name}\n" for name in classes)
-        _atomic_write(classes_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write(classes_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     except ManifestError as exc:
         log.error("%s", exc)
         return 2

@@ -149,3 +149,34 @@ def test_pipeline_heatmaps_match_reference_including_short_last_batch(
         assert saved.shape == (SIZE // 2, SIZE // 2)
         np.testing.assert_allclose(saved, ref, atol=1e-4, err_msg=str(path))
         assert summary.loc[i, "target_index"] == labels[i]
+
+
+def test_single_sigmoid_output_is_two_classes(tmp_path):
+    """A binary model with one sigmoid unit: classes [negative, positive], scores [-z, z]."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(6, 3, activation="relu", padding="same", name="last_conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="logits")(x))
+    path = tmp_path / "binary.keras"
+    model.save(path)
+    loaded = _load(path)
+    assert loaded.binary and loaded.class_names == ["0", "1"]
+    images = _images(6, seed=8)
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    res = _run_step(loaded, images, labels)
+    p = model(images / 255.0).numpy()[:, 0]
+    np.testing.assert_allclose(res["topk_score"].sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(res["pred_index"], (p > 0.5).astype(int))
+    np.testing.assert_allclose(res["target_score"], np.where(labels == 1, p, 1 - p), atol=1e-6)
+    pre = keras.Model(model.inputs, [model.get_layer("last_conv").output, model.layers[-2].output])
+    for i in range(6):
+        with tf.GradientTape() as tape:
+            conv, pooled = pre(images[i : i + 1] / 255.0)
+            kernel, bias = model.layers[-1].get_weights()
+            z = (tf.matmul(pooled, kernel) + bias)[0, 0]
+            score = z if labels[i] == 1 else -z
+        grads = tape.gradient(score, conv)[0].numpy()
+        cam = np.maximum((conv[0].numpy() * grads.mean(axis=(0, 1))).sum(-1), 0)
+        ref = cam / cam.max() if cam.max() > 0 else cam
+        np.testing.assert_allclose(res["map"][i], ref, atol=1e-4)

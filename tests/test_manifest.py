@@ -73,3 +73,18 @@ def test_labels_by_name_or_index_with_warnings():
     assert index.tolist() == [0, 1, -1, -1, -1]
     assert warnings[:3] == [None, None, None]
     assert "'zebra' is not a class name" in warnings[3] and "'7'" in warnings[4]
+
+
+def test_nullable_parquet_missing_cells_are_missing_not_text(tmp_path):
+    frame = ROWS.convert_dtypes()  # pandas' nullable dtypes: missing cells are pd.NA
+    frame.loc[1, "path"] = pd.NA
+    frame.to_parquet(tmp_path / "m.parquet")
+    table = read_manifest(tmp_path / "m.parquet")
+    assert table["path"][1] == "" and table["label"][2] is None and table["group"][2] is None
+    assert "<NA>" not in table.astype(str).to_string()
+
+
+def test_unicode_digits_and_duplicate_names():
+    index, warnings = resolve_labels(pd.Series(["²", "crane", "1"]), ["crane", "bird", "crane"])
+    assert index.tolist() == [-1, 0, 1]  # '²' is no index; a shared name means the first class
+    assert "'²'" in warnings[0]

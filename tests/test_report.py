@@ -296,3 +296,30 @@ def test_report_renders_in_headless_chromium(synthetic_run, tmp_path):
 
 def audit_png(run: Path) -> str:
     return pd.read_parquet(run / "classes.parquet")["mean_map_png"].dropna().iloc[0]
+
+
+def test_duplicate_and_reserved_class_names_and_many_classes(synthetic_run):
+    """ImageNet has two 'crane's; a class may be called 'label'; 1000 classes stay readable."""
+    record = json.loads((synthetic_run / "run.json").read_text())
+    record["model"]["class_names"] = ["crane", "label", "crane", "fish"] + [
+        f"c{i}" for i in range(60)
+    ]
+    (synthetic_run / "run.json").write_text(json.dumps(record))
+    summary = pd.read_parquet(synthetic_run / "summary.parquet")
+    summary.loc[summary.index[:45], "label_index"] = np.arange(4, 49, dtype=np.int32)  # many
+    summary.to_parquet(synthetic_run / "summary.parquet")
+    audit = build_audit(synthetic_run, ReportConfig())
+    assert {"crane (0)", "crane (2)", "label (1)"} <= set(audit.classes["class"])
+    confusion = pd.read_parquet(synthetic_run / "confusion.parquet")
+    assert confusion.columns[0] == "label" and confusion.columns.is_unique
+    page = (synthetic_run / "report.html").read_text()
+    assert "Commonest confusions" in page and len(page) < 2_000_000
+
+
+def test_examples_are_rows_even_with_duplicate_ids(synthetic_run):
+    summary = pd.read_parquet(synthetic_run / "summary.parquet")
+    summary["id"] = "same"  # every row shares one id
+    summary.to_parquet(synthetic_run / "summary.parquet")
+    classes = build_audit(synthetic_run, ReportConfig(examples=3)).classes.set_index("class")
+    rows = classes.loc["fish", "examples"]
+    assert len(rows) == 3 and all(summary.loc[r, "target_index"] == 3 for r in rows)

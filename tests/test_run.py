@@ -27,7 +27,7 @@ CLASSES = [f"class_{i}" for i in range(N_CLASSES)]
 
 @pytest.fixture
 def audit(tmp_path, image_folder, model_files, make_cfg):
-    """A 12-row manifest: good images (some with boxes/groups), three broken, odd labels."""
+    """A 13-row manifest: good images (some with boxes/groups), three broken, odd labels."""
     good = image_folder(8, seed=4, size=(64, 48))
     broken = tmp_path / "images"
     (broken / "empty.jpg").write_bytes(b"")
@@ -48,6 +48,7 @@ def audit(tmp_path, image_folder, model_files, make_cfg):
         f"images/{good[6].name},../../escape,class_0,,,,,",  # hostile id
         f"images/{good[7].name},a7,class_1,,,,,",
         f"images/{good[7].name},a7,class_1,,,,,",  # duplicate row
+        "images/missing.png,bad-missing-with-box,class_1,8,6,40,30,g1",
     ]
     manifest = write_csv(tmp_path / "m.csv", "path,id,label,x0,y0,x1,y1,group", rows)
 
@@ -78,7 +79,7 @@ def test_one_row_per_manifest_row_in_order_with_schema(audit):
     result = audit()
     out = result.output_dir
     summary = pd.read_parquet(out / "summary.parquet")
-    assert len(summary) == 12 and summary["row"].tolist() == list(range(12))
+    assert len(summary) == 13 and summary["row"].tolist() == list(range(13))
     assert summary["id"].tolist()[:3] == ["a0", "a1", "bad-empty"]
     assert set(REQUIRED) <= set(summary.columns)
     assert pq.read_schema(out / "summary.parquet").equals(SUMMARY_SCHEMA)
@@ -86,14 +87,15 @@ def test_one_row_per_manifest_row_in_order_with_schema(audit):
     assert schema.field("topk_index").type == pa.list_(pa.int32())
     assert schema.field("pointing_hit").type == pa.bool_()
     status = summary.set_index("id")["status"]
-    assert (status[["bad-empty", "bad-text", "bad-cut"]] == "error").all()
-    assert (summary["status"] == "ok").sum() == 9 and (result.ok, result.errors) == (9, 3)
+    assert (status[["bad-empty", "bad-text", "bad-cut", "bad-missing-with-box"]] == "error").all()
+    assert (summary["status"] == "ok").sum() == 9 and (result.ok, result.errors) == (9, 4)
     errors = summary.set_index("id")["error"]
     assert errors["bad-empty"] == "empty file (0 bytes)"
     assert errors["bad-text"] == "not a recognised image format"
     assert "truncated" in errors["bad-cut"]
     bad = summary[summary["status"] == "error"]
     assert bad["pred_index"].isna().all() and bad["heatmap_path"].isna().all()
+    assert bad["warning"].isna().all()  # no box warnings for images that never loaded
 
 
 def test_predictions_labels_and_stats_columns(audit):
@@ -147,7 +149,7 @@ def test_run_json_records_counts_versions_hashes(audit, model_files):
 
     out = audit().output_dir
     record = json.loads((out / "run.json").read_text())
-    assert record["counts"] == {"rows": 12, "ok": 9, "errors": 3}
+    assert record["counts"] == {"rows": 13, "ok": 9, "errors": 4}
     assert record["timing"]["images_per_second"] > 0
     assert record["timing"]["steady_images_per_second"] > 0  # the 7 rows after the first batch
     assert record["model"]["class_names"] == CLASSES
@@ -172,7 +174,7 @@ def test_target_label_without_label_is_an_error_row(audit):
     assert by_id.loc["a4", "error"] == "target=label but the row has no usable label"
     ok = summary[summary["status"] == "ok"]
     assert (ok["target_index"] == ok["label_index"]).all()
-    assert len(summary) == 12
+    assert len(summary) == 13
 
 
 @pytest.mark.parametrize(
@@ -183,8 +185,11 @@ def test_target_label_without_label_is_an_error_row(audit):
         ("heatmaps.resolution=full", "heatmaps.resolution"),
         ("batch_size=0", "batch_size"),
         ("model.layer=gap", "4-D"),
+        ("report.group_by=labels", "report.group_by"),
+        ("max_error_rate=2", "max_error_rate"),
     ],
 )
-def test_bad_values_fail_before_any_work(audit, override, message):
+def test_bad_values_fail_before_any_work(audit, override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         audit(override)
+    assert not (tmp_path / "out").exists()  # nothing was started

@@ -91,3 +91,15 @@ def test_batch_is_per_image():
     res = attention_stats(maps, np.zeros((3, 4), np.float32), np.zeros(3, bool))
     ent = res["cam_entropy"].numpy()
     assert ent[0] == pytest.approx(0) and ent[1] == pytest.approx(1) and math.isnan(ent[2])
+
+
+def test_peak_taken_on_coarse_map_cell_centre():
+    """An edge cell's plateau after upsampling must not pull the peak to the image edge."""
+    coarse = np.zeros((1, 7, 7), np.float32)
+    coarse[0, 3, 0] = 1.0  # left edge cell, middle row
+    import tensorflow as tf
+
+    up = tf.image.resize(coarse[..., None], (224, 224))[..., 0]
+    res = attention_stats(up, np.zeros((1, 4), np.float32), np.zeros(1, bool), coarse=coarse)
+    assert float(res["peak_x"][0]) == pytest.approx(0.5 / 7)
+    assert float(res["peak_y"][0]) == pytest.approx(3.5 / 7)
