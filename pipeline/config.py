@@ -82,6 +82,17 @@ class ReportConfig:
 
 
 @dataclass
+class ShardConfig:
+    count: int = 1  # split the manifest into this many shards ...
+    index: int = 0  # ... and process this one (rows with row % count == index)
+
+
+@dataclass
+class MergeConfig:
+    allow_partial: bool = False  # merge the complete shards even when some are missing
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     cam: CamConfig = field(default_factory=CamConfig)
@@ -90,6 +101,11 @@ class Config:
     overlays: OverlaysConfig = field(default_factory=OverlaysConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    devices: str = "auto"  # auto: TensorFlow's placement; all: MirroredStrategy over them all
+    precision: str = "float32"  # float32 | mixed_float16 (GPUs; maps stay float32)
+    jit_compile: bool = False  # XLA-compile the batch step
     target: Any = "pred"  # pred | label | an integer class index
     batch_size: int = 32
     seed: int = 0

@@ -9,19 +9,30 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import ConfigError
 from pipeline.faults import checkpoint
-from pipeline.outputs import SUMMARY_SCHEMA, _atomic, write_json
+from pipeline.outputs import SUMMARY_SCHEMA, atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
 PARTS = "summary.parts"  # committed chunks: part-000000.parquet, ...
 STATE = "state.json"
 # keys that change neither rows nor maps: a rerun with other values may resume
-VOLATILE = {"output_dir", "progress", "writer_threads", "resume", "max_error_rate", "report"}
+VOLATILE = {
+    "output_dir",
+    "progress",
+    "writer_threads",
+    "resume",
+    "max_error_rate",
+    "report",
+    "merge",
+    "devices",
+    "jit_compile",
+}
 VOLATILE_DATA = {"num_parallel_calls", "prefetch"}
 
 
@@ -36,18 +47,24 @@ def fingerprint(config: dict, manifest_sha: str | None, model_sha: str | None) -
 class ChunkStore:
     """Summary parts committed chunk by chunk; a chunk is wholly there (its part file) or not."""
 
-    def __init__(self, out: Path, n_rows: int, chunk_rows: int):
-        self.out = Path(out)
+    def __init__(self, out: Path, rows: np.ndarray, chunk_rows: int):
+        self.out = Path(out)  # this process's folder: its parts, state and summary
         self.parts = self.out / PARTS
-        self.n_rows = n_rows
+        self.rows = np.asarray(rows, np.int64)  # the manifest rows it owns, ascending
+        self.n_rows = len(self.rows)
         self.chunk_rows = chunk_rows
-        self.n_chunks = (n_rows + chunk_rows - 1) // chunk_rows
+        self.n_chunks = (self.n_rows + chunk_rows - 1) // chunk_rows
 
     def part(self, chunk: int) -> Path:
         return self.parts / f"part-{chunk:06d}.parquet"
 
-    def chunk_rows_of(self, chunk: int) -> range:
-        return range(chunk * self.chunk_rows, min((chunk + 1) * self.chunk_rows, self.n_rows))
+    def chunk_rows_of(self, chunk: int) -> np.ndarray:
+        """The manifest rows of one chunk."""
+        return self.rows[chunk * self.chunk_rows : (chunk + 1) * self.chunk_rows]
+
+    def chunk_of(self, row: int) -> int:
+        """The chunk a manifest row belongs to."""
+        return int(np.searchsorted(self.rows, row)) // self.chunk_rows
 
     def committed(self) -> set[int]:
         """Chunks whose part file is complete (readable, with the expected rows)."""
@@ -71,7 +88,7 @@ class ChunkStore:
         """Publish one chunk's rows (its files were written before)."""
         checkpoint("commit")
         self.parts.mkdir(parents=True, exist_ok=True)
-        _atomic(self.part(chunk), lambda tmp: pq.write_table(table, tmp))
+        atomic_write(self.part(chunk), lambda tmp: pq.write_table(table, tmp))
 
     def finalize(self) -> Path:
         """Merge the parts, in order, into summary.parquet (atomically), then drop the parts."""
@@ -82,25 +99,46 @@ class ChunkStore:
                 for chunk in range(self.n_chunks):
                     writer.write_table(pq.read_table(self.part(chunk), schema=SUMMARY_SCHEMA))
 
-        _atomic(target, write)
+        atomic_write(target, write)
         shutil.rmtree(self.parts, ignore_errors=True)
         return target
 
 
-def remove_temporaries(out: Path) -> int:
-    """Delete the temporary files an interrupted run left (never a finished file)."""
+def remove_temporaries(own: Path, shared: Path, stems: set[str]) -> int:
+    """Delete the temporary files an interrupted run left (never a finished file).
+
+    In the shared heatmaps/ and overlays/ (which other shards may be writing at the same time)
+    only temporaries of this process's own file stems are touched.
+    """
     removed = 0
-    for folder in (out, out / "heatmaps", out / "overlays", out / PARTS):
+    for folder, mine in (
+        (own, None),
+        (own / PARTS, None),
+        (shared / "heatmaps", stems),
+        (shared / "overlays", stems),
+    ):
         if not folder.is_dir():
             continue
         for entry in os.scandir(folder):
-            if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
-                os.unlink(entry.path)
-                removed += 1
+            name = entry.name
+            if not (name.startswith(".") and name.endswith(".tmp") and entry.is_file()):
+                continue
+            if mine is not None and name[1:].rsplit(".", 3)[0] not in mine:
+                continue  # .<stem>.<ext>.<random>.tmp of another shard's row
+            os.unlink(entry.path)
+            removed += 1
     return removed
 
 
-def prepare(out: Path, fp: str, resume: bool, n_rows: int, chunk_rows: int) -> ChunkStore:
+def prepare(
+    out: Path,
+    shared: Path,
+    fp: str,
+    resume: bool,
+    rows: np.ndarray,
+    chunk_rows: int,
+    stems: set[str],
+) -> ChunkStore:
     """Check the folder against this run's fingerprint; returns the store to continue in.
 
     A folder holding another config's or manifest's results is refused (exit 2) unless
@@ -108,7 +146,7 @@ def prepare(out: Path, fp: str, resume: bool, n_rows: int, chunk_rows: int) -> C
     """
     state_path = out / STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() else None
-    store = ChunkStore(out, n_rows, chunk_rows)
+    store = ChunkStore(out, rows, chunk_rows)
     if state is None and (out / "summary.parquet").exists() and resume:
         raise ConfigError(
             f"{out} already holds a summary.parquet of unknown origin; choose another "
@@ -125,14 +163,14 @@ def prepare(out: Path, fp: str, resume: bool, n_rows: int, chunk_rows: int) -> C
         shutil.rmtree(store.parts, ignore_errors=True)
         (out / "summary.parquet").unlink(missing_ok=True)
         state = None
-    removed = remove_temporaries(out)
+    removed = remove_temporaries(out, shared, stems)
     if removed:
         log.info("removed %d temporary files of an interrupted run", removed)
     if state is None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(
             state_path,
-            {"fingerprint": fp, "rows": n_rows, "chunk_rows": chunk_rows, "complete": False},
+            {"fingerprint": fp, "rows": len(rows), "chunk_rows": chunk_rows, "complete": False},
         )
     return store
 

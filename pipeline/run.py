@@ -10,6 +10,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from pipeline.faults import checkpoint
 from pipeline.manifest import BOX_COLUMNS, read_manifest, resolve_labels
 from pipeline.outputs import safe_name, save_heatmap, save_overlay, summary_table, write_json
 from pipeline.resume import check_writable, fingerprint, is_complete, mark_complete, prepare
+from pipeline.shards import shard_dir, shard_rows
 
 log = logging.getLogger(__name__)
 PENDING_BATCHES = 2  # batches whose files may still be in flight before their rows are written
@@ -120,6 +122,15 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"overlays.alpha={cfg.overlays.alpha}; expected a value in [0, 1]")
     if cfg.overlays.max_side < 8:
         raise ConfigError(f"overlays.max_side={cfg.overlays.max_side}; expected at least 8")
+    if cfg.devices not in ("auto", "all"):
+        raise ConfigError(f"devices={cfg.devices!r}; expected auto or all")
+    if cfg.precision not in ("float32", "mixed_float16"):
+        raise ConfigError(f"precision={cfg.precision!r}; expected float32 or mixed_float16")
+    if cfg.shard.count < 1 or not 0 <= cfg.shard.index < cfg.shard.count:
+        raise ConfigError(
+            f"shard.index={cfg.shard.index} with shard.count={cfg.shard.count}; "
+            "expected 0 <= index < count"
+        )
     if cfg.report.group_by not in ("target", "label"):
         raise ConfigError(f"report.group_by={cfg.report.group_by!r}; expected target or label")
     if not 0.0 <= cfg.max_error_rate <= 1.0:
@@ -164,22 +175,25 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     manifest_path, model_path, class_names = _inputs(cfg)
     table = read_manifest(manifest_path)
     m = cfg.model
-    loaded = load_model(
-        m.name,
-        model_path,
-        m.weights,
-        m.layer,
-        m.preprocess,
-        class_names,
-        m.score,
-        m.input_size,
-        safe_mode=m.safe_mode,
-    )
+    strategy = make_strategy(cfg.devices)
+    with strategy.scope() if strategy else nullcontext(), dtype_policy(cfg.precision):
+        loaded = load_model(
+            m.name,
+            model_path,
+            m.weights,
+            m.layer,
+            m.preprocess,
+            class_names,
+            m.score,
+            m.input_size,
+            safe_mode=m.safe_mode,
+        )
     method = get_method(cfg.cam.name)
     from pipeline.step import target_code
 
     code = target_code(cfg.target, len(loaded.class_names))
-    check_writable(out)
+    own = shard_dir(out, cfg.shard.count, cfg.shard.index)  # summary, state, run.json
+    check_writable(own)
     config = OmegaConf.to_container(cfg, resolve=True)
     hashes = {
         "manifest": sha256(Path(manifest_path)),
@@ -188,42 +202,74 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     }
     fp = fingerprint(config, hashes["manifest"], f"{hashes['model']}/{hashes['weights']}")
     timing: dict[str, float] = {}
-    if cfg.resume and is_complete(out, fp):
-        log.info("%s is already complete for this config; nothing to compute", out)
+    chunk = cfg.batch_size * cfg.chunk_batches
+    rows = shard_rows(len(table), cfg.shard.count, cfg.shard.index, block=chunk)
+    stems = {safe_name(r, i) for r, i in zip(table["row"].to_numpy()[rows], table["id"][rows])}
+    if cfg.resume and is_complete(own, fp):
+        log.info("%s is already complete for this config; nothing to compute", own)
     else:
-        store = prepare(out, fp, cfg.resume, len(table), cfg.batch_size * cfg.chunk_batches)
-        _audit(cfg, table, loaded, method, code, store, timing)
+        store = prepare(own, out, fp, cfg.resume, rows, chunk, stems)
+        _audit(cfg, table, loaded, method, code, store, out, strategy, timing)
         store.finalize()
-        mark_complete(out)
-    summary = pd.read_parquet(out / "summary.parquet", columns=["status", "error"])
+        mark_complete(own)
+    summary = pd.read_parquet(own / "summary.parquet", columns=["status", "error"])
     counts = {"ok": int((summary["status"] == "ok").sum())}
     counts["error"] = len(summary) - counts["ok"]
     seconds = time.perf_counter() - started
     record = _run_record(
-        cfg, config, loaded, manifest_path, hashes, counts, len(table), seconds, timing
+        cfg, config, loaded, manifest_path, hashes, counts, len(rows), seconds, timing
     )
-    write_json(out / "run.json", record)
+    write_json(own / "run.json", record)
     log.info(
         "done: %d rows, %d ok, %d errors in %.1f s (%s img/s); outputs in %s",
-        len(table),
+        len(rows),
         counts["ok"],
         counts["error"],
         seconds,
         record["timing"]["images_per_second"],
-        out,
+        own,
     )
     text = ""
-    if cfg.report.enabled:
+    if cfg.report.enabled and cfg.shard.count == 1:  # shards: the report comes with the merge
         from pipeline.report import build_audit
 
         audit = build_audit(out, OmegaConf.to_object(cfg.report))
         text = _class_lines(audit.classes)
     return RunResult(
-        out, len(table), counts["ok"], counts["error"], seconds, text, error_kinds(summary["error"])
+        out, len(rows), counts["ok"], counts["error"], seconds, text, error_kinds(summary["error"])
     )
 
 
-def _audit(cfg, table, loaded, method, code, store, timing: dict) -> None:
+def make_strategy(devices: str):
+    """None for TensorFlow's own placement; a MirroredStrategy over every GPU (or, without GPUs,
+    every logical CPU device) for devices=all."""
+    if devices != "all":
+        return None
+    import tensorflow as tf
+
+    names = [d.name for d in tf.config.list_logical_devices("GPU")]
+    names = names or [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(names) < 2:
+        log.info("devices=all: one device (%s), no strategy needed", names)
+        return None
+    log.info("devices=all: MirroredStrategy over %s", names)
+    return tf.distribute.MirroredStrategy(names)
+
+
+@contextmanager
+def dtype_policy(precision: str):
+    """Keras's global dtype policy while the model is built (mixed_float16 on GPUs)."""
+    import keras
+
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict) -> None:
     """Compute every chunk not yet committed; each is committed once its files are written."""
     import keras
     import tensorflow as tf
@@ -236,13 +282,20 @@ def _audit(cfg, table, loaded, method, code, store, timing: dict) -> None:
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     done = store.committed()
-    todo = [r for c in range(store.n_chunks) if c not in done for r in store.chunk_rows_of(c)]
+    todo = [int(r) for c in range(store.n_chunks) if c not in done for r in store.chunk_rows_of(c)]
     if done:
         log.info("resuming: %d of %d chunks already committed", len(done), store.n_chunks)
     names = loaded.class_names
     label_index, label_warnings = resolve_labels(table["label"], names)
-    step = build_step(loaded, method, cfg.model.topk, code, colourise=cfg.overlays.enabled)
-    out = store.out
+    step = build_step(
+        loaded,
+        method,
+        cfg.model.topk,
+        code,
+        colourise=cfg.overlays.enabled,
+        strategy=strategy,
+        jit_compile=cfg.jit_compile,
+    )
     heat_dir, overlay_dir = out / "heatmaps", out / "overlays"
     base_side = cfg.overlays.max_side if cfg.overlays.enabled else 0
     dataset = make_dataset(
@@ -274,7 +327,7 @@ def _audit(cfg, table, loaded, method, code, store, timing: dict) -> None:
             if sum(t.num_rows for t in parts) == len(store.chunk_rows_of(chunk)):
                 store.commit(chunk, pa.concat_tables(chunk_tables.pop(chunk)))
 
-    log.info("auditing %d rows from %s -> %s", len(todo), store.n_rows, out)
+    log.info("auditing %d of %d rows -> %s", len(todo), store.n_rows, out)
     bar = tqdm(
         total=store.n_rows,
         initial=store.n_rows - len(todo),
@@ -352,7 +405,7 @@ def _audit(cfg, table, loaded, method, code, store, timing: dict) -> None:
                     res["pointing_hit"] > 0.5, ok & ~np.isnan(res["pointing_hit"])
                 ),
             }
-            chunk = int(rows[0]) // store.chunk_rows  # batches never straddle chunks
+            chunk = store.chunk_of(int(rows[0]))  # batches never straddle chunks
             pending.append((chunk, summary_table(columns), futures))
             flush(PENDING_BATCHES)
             if not timing:  # the first batch also pays for tracing the step
@@ -494,8 +547,13 @@ def task(cfg: DictConfig) -> None:
     _task_started = True
     from hydra.core.hydra_config import HydraConfig
 
+    out = HydraConfig.get().runtime.output_dir
+    if cfg.shard.count > 1:  # every shard writes into the one output_dir it names
+        if "${now:" in str(OmegaConf.to_container(cfg, resolve=False).get("output_dir")):
+            fail("sharded runs need an explicit output_dir=... shared by all shards")
+        out = cfg.output_dir
     try:
-        result = run(cfg, HydraConfig.get().runtime.output_dir)
+        result = run(cfg, out)
     except ConfigError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -514,14 +572,20 @@ def task(cfg: DictConfig) -> None:
         by = "explained class" if cfg.report.group_by == "target" else "true label"
         print(f"\nper class (by {by}):")
         print(result.class_table)
-    rate = result.errors / result.rows if result.rows else 0.0
-    if rate > cfg.max_error_rate:
+    if cfg.shard.count == 1:  # a sharded run's budget is checked when the shards are merged
+        check_error_budget(result.rows, result.errors, result.top_errors, cfg.max_error_rate)
+
+
+def check_error_budget(rows: int, errors: int, top_errors, max_rate: float) -> None:
+    """Exit with code 3 (outputs already written) when too large a share of rows failed."""
+    rate = errors / rows if rows else 0.0
+    if rate > max_rate:
         print(
-            f"\n{result.errors} of {result.rows} rows failed ({rate:.1%}), more than "
-            f"max_error_rate={cfg.max_error_rate:.1%}; commonest errors:",
+            f"\n{errors} of {rows} rows failed ({rate:.1%}), more than "
+            f"max_error_rate={max_rate:.1%}; commonest errors:",
             file=sys.stderr,
         )
-        for kind, count in result.top_errors:
+        for kind, count in top_errors:
             print(f"  {count:>7d}  {kind}", file=sys.stderr)
         sys.exit(3)
 

@@ -38,11 +38,14 @@ def build_step(
     topk: int,
     target: int,
     colourise: bool,
+    strategy: tf.distribute.Strategy | None = None,
+    jit_compile: bool = False,
 ) -> Callable[..., dict[str, tf.Tensor]]:
     """One tf.function for a whole batch; batch size may vary without retracing.
 
     Inputs: images (B,H,W,C) uint8, labels (B,) int32 (-1: none), boxes (B,4) float32 in [0,1],
-    box_valid (B,) bool. Outputs: a dict of batched tensors (see the return statement).
+    box_valid (B,) bool. Outputs: a dict of batched tensors (see the return statement). With a
+    strategy, each batch is split over its replicas and the results gathered in order.
     """
     h, w = loaded.input_size
     c = loaded.channels
@@ -61,15 +64,13 @@ def build_step(
             return tf.where(labels >= 0, labels, preds)
         return tf.fill(tf.shape(preds), tf.constant(target, tf.int32))
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec((None, h, w, c), tf.uint8),
-            tf.TensorSpec((None,), tf.int32),
-            tf.TensorSpec((None, 4), tf.float32),
-            tf.TensorSpec((None,), tf.bool),
-        ],
-        reduce_retracing=True,
-    )
+    signature = [
+        tf.TensorSpec((None, h, w, c), tf.uint8),
+        tf.TensorSpec((None,), tf.int32),
+        tf.TensorSpec((None, 4), tf.float32),
+        tf.TensorSpec((None,), tf.bool),
+    ]
+
     def step(images, labels, boxes, box_valid):
         x = prep(tf.cast(images, tf.float32))  # (B,H,W,C)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -96,6 +97,7 @@ def build_step(
             # one-hot product, not gather: its gradient is deterministic on every device
             target_scores = tf.reduce_sum(scores * tf.one_hot(targets, n_classes), axis=1)  # (B,)
         grads = tape.gradient(target_scores, acts)  # (B,h',w',K); images are independent
+        acts, grads = tf.cast(acts, tf.float32), tf.cast(grads, tf.float32)  # maps in float32
         raw = method(acts, grads)  # (B,h',w')
         cam_max = tf.reduce_max(raw, axis=(1, 2))  # (B,)
         maps = tf.math.divide_no_nan(raw, cam_max[:, None, None])  # all-zero stays zero
@@ -117,4 +119,50 @@ def build_step(
             result["colour"] = tf.gather(lut, tf.cast(tf.round(up * 255.0), tf.int32))  # (B,H,W,3)
         return result
 
-    return step
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return tf.function(
+            step, input_signature=signature, reduce_retracing=True, jit_compile=jit_compile
+        )
+    return _distributed(step, strategy, signature, jit_compile)
+
+
+def _distributed(
+    step: Callable, strategy: tf.distribute.Strategy, signature: list, jit_compile: bool
+) -> Callable:
+    """Split each batch into equal per-replica slices (padded), run them, gather in order."""
+    n = strategy.num_replicas_in_sync
+    inner = tf.function(step, jit_compile=jit_compile)
+
+    @tf.function(input_signature=signature, reduce_retracing=True)
+    def run(images, labels, boxes, box_valid):
+        b = tf.shape(images)[0]
+        per = (b + n - 1) // n
+        pad = per * n - b
+        args = [
+            tf.pad(images, [[0, pad], [0, 0], [0, 0], [0, 0]]),
+            tf.pad(labels, [[0, pad]], constant_values=-1),
+            tf.pad(boxes, [[0, pad], [0, 0]]),
+            tf.pad(box_valid, [[0, pad]]),
+        ]
+
+        def slice_for(ctx, tensor):
+            start = ctx.replica_id_in_sync_group * per
+            return tensor[start : start + per]
+
+        parts = [
+            strategy.experimental_distribute_values_from_function(
+                lambda ctx, t=t: slice_for(ctx, t)
+            )
+            for t in args
+        ]
+        result = strategy.run(inner, args=tuple(parts))
+        gathered = {}
+        for key, value in result.items():  # collectives take no uint8: widen, gather, narrow
+            dtype = value.values[0].dtype if hasattr(value, "values") else value.dtype
+            if dtype == tf.uint8:
+                value = strategy.run(lambda t: tf.cast(t, tf.int32), args=(value,))
+            whole = strategy.gather(value, axis=0)[:b]
+            gathered[key] = tf.cast(whole, dtype) if dtype == tf.uint8 else whole
+        return gathered
+
+    return run
