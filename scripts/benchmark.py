@@ -90,7 +90,9 @@ def _quoted(value: str) -> str:
     return f"'{value}'"
 
 
-def compose_config(model: str, manifest: Path, batch_size: int, output_dir: Path):
+def compose_config(
+    model: str, manifest: Path, batch_size: int, output_dir: Path, extra: Sequence[str] = ()
+):
     """The run config composed from the real conf/, as the command line would build it."""
     from hydra import compose, initialize_config_dir
 
@@ -104,6 +106,7 @@ def compose_config(model: str, manifest: Path, batch_size: int, output_dir: Path
         f"batch_size={batch_size}",
         f"output_dir={_quoted(str(output_dir))}",
         "progress=false",
+        *extra,
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -271,6 +274,82 @@ def time_reference(cfg, paths: Sequence[Path], out_dir: Path) -> Timing:
 # ----------------------------------------------------------------------------- report
 
 
+def memory_benchmark(sizes: Sequence[int], seed: int, keep: bool) -> int:
+    """Peak RSS of a whole `gradcam-audit` run (its own process) for each manifest size."""
+    import resource
+    import subprocess
+
+    import keras
+
+    work = Path(tempfile.mkdtemp(prefix="gradcam-mem-"))
+    try:
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.Conv2D(8, 3, activation="relu", padding="same")(inputs)
+        x = keras.layers.Conv2D(8, 3, activation="relu", padding="same", name="conv")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x)).save(work / "m.keras")
+        rng = np.random.default_rng(seed)
+        folder = work / "images"
+        folder.mkdir()
+        log.info("generating %d tiny PNGs in %s", max(sizes), folder)
+        paths = []
+        for i in range(max(sizes)):
+            path = folder / f"{i:06d}.png"
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+            paths.append(path)
+        peaks = {}
+        for n in sizes:
+            manifest = work / f"m{n}.csv"
+            write_manifest(manifest, paths[:n])
+            args = [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "model=custom",
+                f"model.path={_quoted(str(work / 'm.keras'))}",
+                "model.preprocess=unit",
+                f"data.manifest={_quoted(str(manifest))}",
+                f"output_dir={_quoted(str(work / f'out{n}'))}",
+                "progress=false",
+            ]
+            code = (
+                "import resource, subprocess, sys; "
+                f"p = subprocess.run({args!r}, capture_output=True); "
+                "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+            )
+            start = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            status, peak_kb = out.stdout.split()
+            if status != "0":
+                raise RuntimeError(f"run on {n} images exited {status}")
+            peaks[n] = int(peak_kb) / 1024
+            log.info(
+                "%d images: peak RSS %.0f MB (%.0f s)", n, peaks[n], time.perf_counter() - start
+            )
+        del resource
+    finally:
+        if keep:
+            log.info("kept %s", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    small, large = sizes
+    print("\nimages  peak RSS (MB)")
+    for n in sizes:
+        print(f"{n:>6d}  {peaks[n]:>12.0f}")
+    ratio = round(peaks[large] / peaks[small], 3)
+    print(
+        json.dumps(
+            {
+                "peak_rss_mb": {str(n): round(v, 1) for n, v in peaks.items()},
+                "rss_ratio": ratio,
+                "sizes": list(sizes),
+            }
+        )
+    )
+    return 0
+
+
 def table(rows: Sequence[tuple[str, Timing]]) -> str:
     """A fixed-width table: method, images, seconds, images/s."""
     width = max(len(label) for label, _ in rows)
@@ -297,6 +376,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for images and weights")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder and outputs")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra pipeline override, e.g. --set jit_compile=true (repeatable)",
+    )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead: peak RSS of whole runs on --memory-sizes tiny images (tiny model)",
+    )
+    parser.add_argument("--memory-sizes", type=int, nargs=2, default=[1000, 20000])
     args = parser.parse_args(argv)
     if args.n < 1 or args.batch_size < 1 or args.reference_n < 0:
         parser.error("--n and --batch-size must be >= 1, --reference-n >= 0")
@@ -307,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if args.memory:
+        return memory_benchmark(args.memory_sizes, args.seed, args.keep)
     import keras
     import tensorflow as tf
 
@@ -321,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = warmup + images
         manifest = work / "manifest.csv"
         write_manifest(manifest, rows)
-        cfg = compose_config(args.model, manifest, args.batch_size, work / "pipeline_out")
+        cfg = compose_config(args.model, manifest, args.batch_size, work / "pipeline_out", args.set)
 
         log.info("inference: %d + %d warm-up images", args.n, len(warmup))
         inference = time_inference(cfg, rows, len(warmup))
@@ -369,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reference_n": args.reference_n,
         "batch_size": args.batch_size,
         "model": args.model,
+        "overrides": args.set,
         "layer": cfg.model.layer,
         "warmup": {"inference": args.batch_size, "pipeline": args.batch_size, "reference": 1},
         "cpus": os.cpu_count(),
