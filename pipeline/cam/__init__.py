@@ -1,10 +1,17 @@
 """CAM methods: small plugins over one shared base, chosen by `cam.name`."""
 
 from pipeline.cam.base import CamMethod
+from pipeline.cam.eigencam import EigenCam
 from pipeline.cam.gradcam import GradCam
+from pipeline.cam.gradcampp import GradCamPlusPlus
+from pipeline.cam.hirescam import HiResCam
+from pipeline.cam.layercam import LayerCam
+from pipeline.cam.xgradcam import XGradCam
 from pipeline.config import ConfigError
 
-METHODS: dict[str, type[CamMethod]] = {cls.name: cls for cls in (GradCam,)}
+METHODS: dict[str, type[CamMethod]] = {
+    cls.name: cls for cls in (GradCam, GradCamPlusPlus, HiResCam, XGradCam, LayerCam, EigenCam)
+}
 
 
 def get_method(name: str) -> CamMethod:
@@ -14,4 +21,4 @@ def get_method(name: str) -> CamMethod:
     return METHODS[name]()
 
 
-__all__ = ["CamMethod", "GradCam", "METHODS", "get_method"]
+__all__ = ["CamMethod", "METHODS", "get_method"]
