@@ -67,7 +67,8 @@ def open_image(
                 im.draft(mode, (draft_side, draft_side))
             im.seek(0)  # first frame / page of animated or multi-page files
             im.load()
-            im = ImageOps.exif_transpose(im)
+            if orientation != 1:
+                im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 im = _to_8bit(im)
             elif im.mode == "P":
@@ -113,7 +114,8 @@ def load_example(
         image[:] = np.asarray(model_im.resize((w, h), Image.BILINEAR)).reshape(h, w, channels)
         if base_side:
             bw, bh = fit_side(im.size, base_side)
-            base[:bh, :bw] = np.asarray(im.resize((bw, bh), Image.BILINEAR))
+            fitted = im if (bw, bh) == im.size else im.resize((bw, bh), Image.BILINEAR)
+            base[:bh, :bw] = np.asarray(fitted)
             base_hw[:] = (bh, bw)
         return image, base, base_hw, orig_hw, True, b""
     except LoadError as exc:

@@ -77,10 +77,11 @@ def build_step(
             if tail is not None:  # record only the part after the target layer
                 acts = head(x, training=False)  # (B,h',w',K)
                 tape.watch(acts)
-                scores = tail(acts, training=False)  # (B,N)
+                scores = tf.cast(tail(acts, training=False), tf.float32)  # (B,N)
             else:
                 tape.watch(x)
                 acts, scores = full(x, training=False)
+                scores = tf.cast(scores, tf.float32)  # float16 under mixed precision
             if loaded.binary:  # one unit z: classes [negative, positive] with scores [-z, z]
                 z = scores[:, 0]
                 scores = tf.stack([-z, z], axis=1)  # (B,2)

@@ -192,7 +192,8 @@ def time_pipeline(cfg, output_dir: Path, warmup: int) -> tuple[Timing, Timing]:
         raise RuntimeError(f"warm-up batch has {marks['rows']} rows; expected {warmup}")
     if result.errors != warmup:
         raise RuntimeError(f"{result.errors} error rows, expected {warmup}; see {output_dir}")
-    written = {d: len(list((output_dir / d).iterdir())) for d in ("heatmaps", "overlays")}
+    enabled = {"heatmaps": cfg.heatmaps.enabled, "overlays": cfg.overlays.enabled}
+    written = {d: len(list((output_dir / d).iterdir())) for d, on in enabled.items() if on}
     if any(count != result.ok for count in written.values()):
         raise RuntimeError(f"expected {result.ok} files in each of {written}")
     steady = Timing("pipeline", result.ok, end - marks["first"])

@@ -100,3 +100,43 @@ def test_methods_differ():
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             assert not np.allclose(outs[a], outs[b]), (a, b)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = np.argsort(np.argsort(a.ravel())).astype(float)
+    rb = np.argsort(np.argsort(b.ravel())).astype(float)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_model_randomisation_sanity_check(model_files, tmp_path):
+    """Adebayo et al.: randomising the weights from the top layer down must change the maps.
+
+    A method whose maps survive the randomisation explains the input, not the model. The
+    rank correlation with the trained model's maps is reported per method and must fall."""
+    model = keras.models.load_model(model_files["rgb"])
+    keras.utils.set_random_seed(123)
+    random = keras.models.clone_model(model)  # fresh initialisation of every layer
+    trained_path, random_path = model_files["rgb"], tmp_path / "random.keras"
+    # cascade: copy the trained weights back into the layers below the target layer
+    for layer in random.layers:
+        if layer.name == "conv1":
+            layer.set_weights(model.get_layer("conv1").get_weights())
+    random.save(random_path)
+    images = _images(6, seed=9)
+    labels = (np.arange(6) % N_CLASSES).astype(np.int32)
+    report = {}
+    for name in sorted(METHODS):
+        maps = []
+        for path in (trained_path, random_path):
+            loaded = load_model(
+                "custom", str(path), None, "last_conv", "unit", None, "logits", None
+            )
+            step = build_step(loaded, get_method(name), 3, TARGET_LABEL, colourise=False)
+            out = step(images, labels, np.zeros((6, 4), np.float32), np.zeros(6, bool))
+            maps.append(out["map"].numpy())
+        report[name] = float(np.mean([_spearman(a, b) for a, b in zip(*maps)]))
+    print("rank correlation trained vs randomised:", report)
+    for name, rho in report.items():
+        assert rho < 0.6, f"{name}: maps barely change when the model is randomised ({rho:.2f})"
