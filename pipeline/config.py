@@ -82,6 +82,14 @@ class ReportConfig:
 
 
 @dataclass
+class MetricsConfig:
+    names: list[str] = field(default_factory=list)  # deletion, insertion, drop_in_confidence,
+    # increase_in_confidence: faithfulness of the maps, per image (off by default: they cost
+    # forward passes)
+    steps: int = 10  # deletion/insertion curve steps (each one forward pass per batch)
+
+
+@dataclass
 class ShardConfig:
     count: int = 1  # split the manifest into this many shards ...
     index: int = 0  # ... and process this one (rows with row % count == index)
@@ -102,6 +110,7 @@ class Config:
     demo: DemoConfig = field(default_factory=DemoConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     devices: str = "auto"  # auto: TensorFlow's placement; all: MirroredStrategy over them all
     precision: str = "float32"  # float32 | mixed_float16 (GPUs; maps stay float32)

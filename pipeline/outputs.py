@@ -54,6 +54,10 @@ SUMMARY_SCHEMA = pa.schema(
         ("border_fraction", pa.float32()),
         ("energy_in_box", pa.float32()),
         ("pointing_hit", pa.bool_()),
+        ("deletion_auc", pa.float32()),
+        ("insertion_auc", pa.float32()),
+        ("drop_in_confidence", pa.float32()),
+        ("increase_in_confidence", pa.float32()),
     ]
 )
 

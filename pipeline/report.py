@@ -19,6 +19,7 @@ from pipeline.outputs import atomic_write, jet_lut, safe_name, save_heatmap
 log = logging.getLogger(__name__)
 
 STATS = ("energy_in_box", "pointing_hit", "border_fraction", "cam_entropy", "coverage")
+FAITHFULNESS = ("deletion_auc", "insertion_auc", "drop_in_confidence", "increase_in_confidence")
 
 
 @dataclass
@@ -100,6 +101,9 @@ def _aggregate(ok: pd.DataFrame, key: pd.Series, extra: list[str]) -> pd.DataFra
     for stat in STATS:
         table[f"{stat}_mean"] = grouped[stat].mean()
         table[f"{stat}_median"] = grouped[stat].median()
+    for col in FAITHFULNESS:  # present when the run computed them
+        if col in frame.columns and frame[col].notna().any():
+            table[f"{col}_mean"] = grouped[col].mean()
     for point in ("centroid", "peak"):  # where the attention sits across the class's images
         var = grouped[f"{point}_x"].var(ddof=0) + grouped[f"{point}_y"].var(ddof=0)
         table[f"{point}_spread"] = np.sqrt(var)

@@ -82,6 +82,10 @@ CLASS_COLUMNS = [
     ("cam_entropy_mean", "entropy", "{:.2f}"),
     ("coverage_mean", "coverage", "{:.2f}"),
     ("peak_spread", "peak spread", "{:.3f}"),
+    ("deletion_auc_mean", "deletion AUC", "{:.3f}"),
+    ("insertion_auc_mean", "insertion AUC", "{:.3f}"),
+    ("drop_in_confidence_mean", "avg drop", "{:.1%}"),
+    ("increase_in_confidence_mean", "increase", "{:.1%}"),
     ("centroid_spread", "centroid spread", "{:.3f}"),
 ]
 
@@ -168,8 +172,9 @@ def _flagged(audit: Audit, summary: pd.DataFrame) -> str:
 
 
 def _class_table(audit: Audit) -> str:
+    shown = [c for c in CLASS_COLUMNS if c[0] in audit.classes.columns]  # metrics when computed
     head = "<th class='t'>class</th><th class='t'>mean map</th><th class='t'>flag</th>" + "".join(
-        f"<th>{esc(label)}</th>" for _, label, _ in CLASS_COLUMNS
+        f"<th>{esc(label)}</th>" for _, label, _ in shown
     )
     body = []
     for _, row in audit.classes.iterrows():
@@ -184,7 +189,7 @@ def _class_table(audit: Audit) -> str:
             f"<td class='t' data-v='{int(row['flagged'])}'>"
             f"{'<b class=bad>flagged</b>' if row['flagged'] else ''}</td>",
         ]
-        for column, _, pattern in CLASS_COLUMNS:
+        for column, _, pattern in shown:
             text, sort = _fmt(row.get(column), pattern)
             cells.append(f"<td data-v='{sort}'>{text}</td>")
         cls = " class='flagged'" if row["flagged"] else ""

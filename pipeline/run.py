@@ -131,6 +131,11 @@ def _validate(cfg: DictConfig) -> None:
             f"shard.index={cfg.shard.index} with shard.count={cfg.shard.count}; "
             "expected 0 <= index < count"
         )
+    from pipeline.metrics import check_names
+
+    check_names(list(cfg.metrics.names))
+    if cfg.metrics.steps < 1:
+        raise ConfigError(f"metrics.steps={cfg.metrics.steps}; expected a positive integer")
     if cfg.report.group_by not in ("target", "label"):
         raise ConfigError(f"report.group_by={cfg.report.group_by!r}; expected target or label")
     if not 0.0 <= cfg.max_error_rate <= 1.0:
@@ -275,8 +280,9 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
     import tensorflow as tf
 
     from pipeline.data import make_dataset
+    from pipeline.metrics import COLUMNS, build_metrics
     from pipeline.stats import STAT_COLUMNS
-    from pipeline.step import TARGET_LABEL, build_step
+    from pipeline.step import TARGET_LABEL, build_step, make_forward
 
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
@@ -298,6 +304,14 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
     )
     heat_dir, overlay_dir = out / "heatmaps", out / "overlays"
     base_side = cfg.overlays.max_side if cfg.overlays.enabled else 0
+    names_m = list(cfg.metrics.names)
+    faithfulness = (
+        build_metrics(
+            make_forward(loaded), names_m, cfg.metrics.steps, loaded.input_size, loaded.channels
+        )
+        if names_m
+        else None
+    )
     dataset = make_dataset(
         table["path"].tolist(),
         todo,
@@ -343,7 +357,12 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
             orig_hw = batch["orig_hw"].numpy()
             labels = label_index[rows]
             boxes, box_valid, box_warnings = normalise_boxes(boxes_px[rows], orig_hw, ok)
-            res = {k: v.numpy() for k, v in step(batch["image"], labels, boxes, box_valid).items()}
+            out_t = step(batch["image"], labels, boxes, box_valid)
+            if faithfulness is not None:
+                out_t.update(
+                    faithfulness(batch["image"], out_t["map_input"], out_t["target_index"])
+                )
+            res = {k: v.numpy() for k, v in out_t.items()}
             checkpoint("compute")
             if code == TARGET_LABEL:
                 for i in np.flatnonzero(ok & (labels < 0)):
@@ -404,6 +423,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
                 "pointing_hit": _nullable(
                     res["pointing_hit"] > 0.5, ok & ~np.isnan(res["pointing_hit"])
                 ),
+                **{col: _nullable(res[col], ok) for col in COLUMNS.values() if col in res},
             }
             chunk = store.chunk_of(int(rows[0]))  # batches never straddle chunks
             pending.append((chunk, summary_table(columns), futures))

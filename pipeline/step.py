@@ -32,6 +32,35 @@ def target_code(target: object, n_classes: int) -> int:
     return index
 
 
+def scores_and_outputs(loaded: LoadedModel, scores: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Raw scores (B,N) -> (scores to explain, the model's own outputs), both (B,N')."""
+    if loaded.binary:  # one unit z: classes [negative, positive] with scores [-z, z]
+        z = scores[:, 0]
+        scores = tf.stack([-z, z], axis=1)  # (B,2)
+        if loaded.model_activation == "sigmoid":  # z is a logit, or p with score=probs
+            p = tf.sigmoid(z) if loaded.output_activation == "sigmoid" else z
+            return scores, tf.stack([1.0 - p, p], axis=1)
+        return scores, scores
+    squash = {"softmax": tf.nn.softmax, "sigmoid": tf.sigmoid}.get(
+        loaded.output_activation, tf.identity
+    )
+    return scores, squash(scores)
+
+
+def make_forward(loaded: LoadedModel) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Pixels (B,H,W,C) as floats 0..255 -> the model's outputs (B,N), as the step reports them."""
+
+    def forward(pixels: tf.Tensor) -> tf.Tensor:
+        x = loaded.preprocess(pixels)
+        if loaded.tail is not None:
+            scores = loaded.tail(loaded.head(x, training=False), training=False)
+        else:
+            scores = loaded.full(x, training=False)[1]
+        return scores_and_outputs(loaded, tf.cast(scores, tf.float32))[1]
+
+    return forward
+
+
 def build_step(
     loaded: LoadedModel,
     method: CamMethod,
@@ -53,9 +82,6 @@ def build_step(
     k = max(1, min(topk, n_classes))
     lut = tf.constant(jet_lut())
     head, tail, full, prep = loaded.head, loaded.tail, loaded.full, loaded.preprocess
-    squash = {"softmax": tf.nn.softmax, "sigmoid": tf.sigmoid}.get(
-        loaded.output_activation, tf.identity
-    )
 
     def pick_targets(preds: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:  # (B,) int32
         if target == TARGET_PRED:
@@ -82,16 +108,7 @@ def build_step(
                 tape.watch(x)
                 acts, scores = full(x, training=False)
                 scores = tf.cast(scores, tf.float32)  # float16 under mixed precision
-            if loaded.binary:  # one unit z: classes [negative, positive] with scores [-z, z]
-                z = scores[:, 0]
-                scores = tf.stack([-z, z], axis=1)  # (B,2)
-                if loaded.model_activation == "sigmoid":  # z is a logit, or p with score=probs
-                    p = tf.sigmoid(z) if loaded.output_activation == "sigmoid" else z
-                    outputs = tf.stack([1.0 - p, p], axis=1)
-                else:
-                    outputs = scores
-            else:
-                outputs = squash(scores)  # (B,N): what the model itself outputs
+            scores, outputs = scores_and_outputs(loaded, scores)  # (B,N) each
             topk_score, topk_index = tf.math.top_k(outputs, k=k)  # (B,k)
             preds = topk_index[:, 0]
             targets = pick_targets(preds, labels)  # (B,)
