@@ -31,6 +31,8 @@ class ModelConfig:
 @dataclass
 class CamConfig:
     name: str = "gradcam"
+    max_channels: int = 64  # scorecam: channels kept (highest mean activation)
+    batch_size: int = 8  # scorecam: channels per forward pass
 
 
 @dataclass

@@ -193,7 +193,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
             m.input_size,
             safe_mode=m.safe_mode,
         )
-    method = get_method(cfg.cam.name)
+    options = (
+        {"max_channels": cfg.cam.max_channels, "channels_per_pass": cfg.cam.batch_size}
+        if cfg.cam.name == "scorecam"
+        else {}
+    )
+    method = get_method(cfg.cam.name, **options)
     from pipeline.step import target_code
 
     code = target_code(cfg.target, len(loaded.class_names))

@@ -82,6 +82,7 @@ def build_step(
     k = max(1, min(topk, n_classes))
     lut = tf.constant(jet_lut())
     head, tail, full, prep = loaded.head, loaded.tail, loaded.full, loaded.preprocess
+    forward = make_forward(loaded)
 
     def pick_targets(preds: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:  # (B,) int32
         if target == TARGET_PRED:
@@ -116,7 +117,10 @@ def build_step(
             target_scores = tf.reduce_sum(scores * tf.one_hot(targets, n_classes), axis=1)  # (B,)
         grads = tape.gradient(target_scores, acts)  # (B,h',w',K); images are independent
         acts, grads = tf.cast(acts, tf.float32), tf.cast(grads, tf.float32)  # maps in float32
-        raw = method(acts, grads)  # (B,h',w')
+        if method.needs_forward:  # e.g. Score-CAM: masked forward passes
+            raw = method.compute(acts, grads, tf.cast(images, tf.float32), targets, forward)
+        else:
+            raw = method(acts, grads)  # (B,h',w')
         cam_max = tf.reduce_max(raw, axis=(1, 2))  # (B,)
         maps = tf.math.divide_no_nan(raw, cam_max[:, None, None])  # all-zero stays zero
         up = tf.image.resize(maps[..., None], (h, w), method="bilinear")[..., 0]  # (B,H,W)

@@ -6,19 +6,21 @@ from pipeline.cam.gradcam import GradCam
 from pipeline.cam.gradcampp import GradCamPlusPlus
 from pipeline.cam.hirescam import HiResCam
 from pipeline.cam.layercam import LayerCam
+from pipeline.cam.scorecam import ScoreCam
 from pipeline.cam.xgradcam import XGradCam
 from pipeline.config import ConfigError
 
 METHODS: dict[str, type[CamMethod]] = {
-    cls.name: cls for cls in (GradCam, GradCamPlusPlus, HiResCam, XGradCam, LayerCam, EigenCam)
+    cls.name: cls
+    for cls in (GradCam, GradCamPlusPlus, HiResCam, XGradCam, LayerCam, EigenCam, ScoreCam)
 }
 
 
-def get_method(name: str) -> CamMethod:
-    """The CAM method registered under `name`."""
+def get_method(name: str, **options) -> CamMethod:
+    """The CAM method registered under `name`, with its options (e.g. Score-CAM's)."""
     if name not in METHODS:
         raise ConfigError(f"unknown cam method {name!r}; expected one of {', '.join(METHODS)}")
-    return METHODS[name]()
+    return METHODS[name](**options)
 
 
 __all__ = ["CamMethod", "METHODS", "get_method"]

@@ -13,6 +13,7 @@ class CamMethod:
     """
 
     name = "base"
+    needs_forward = False  # True: compute() also gets the pixels, targets and a forward function
 
     def weights(self, acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:  # (B,h,w,C) -> (B,C)
         raise NotImplementedError
