@@ -243,6 +243,68 @@ def _replay(model: keras.Model, inputs, swap: dict[int, tuple[keras.layers.Layer
     return graph._run_through_graph(inputs, operation_fn=op_fn)
 
 
+def guided_relu(x: tf.Tensor, max_value: float | None = None) -> tf.Tensor:
+    """ReLU (or ReLU6) whose gradient passes only where the input and the gradient are positive:
+    guided backpropagation (Springenberg et al.)."""
+
+    @tf.custom_gradient
+    def relu(x):
+        y = tf.nn.relu(x) if max_value is None else tf.clip_by_value(x, 0.0, max_value)
+
+        def grad(dy):
+            gate = tf.cast(x > 0, dy.dtype) * tf.cast(dy > 0, dy.dtype)
+            if max_value is not None:
+                gate *= tf.cast(x < max_value, dy.dtype)
+            return dy * gate
+
+        return y, grad
+
+    return relu(x)
+
+
+class GuidedReLU(keras.layers.Layer):
+    """A layer around guided_relu, so the replayed Keras graph can hold it."""
+
+    def __init__(self, max_value: float | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.max_value = max_value
+
+    def call(self, x):
+        return guided_relu(x, self.max_value)
+
+
+def _guided_call(layer: keras.layers.Layer) -> Callable | None:
+    """The guided version of a layer with a ReLU in it, else None."""
+    if isinstance(layer, keras.layers.ReLU):
+        cap = float(layer.max_value) if layer.max_value is not None else None
+        return GuidedReLU(cap)
+    name = _activation_name(layer)
+    if name not in ("relu", "relu6"):
+        return None
+    cap = 6.0 if name == "relu6" else None
+    if isinstance(layer, keras.layers.Activation):
+        return GuidedReLU(cap)
+    linear = _linear_copy(layer)
+    guided = GuidedReLU(cap)
+    return lambda *args, **kwargs: guided(linear(*args, **kwargs))
+
+
+def guided_model(loaded: LoadedModel) -> keras.Model:
+    """Input -> scores (as explained) with every ReLU guided; the user's model is untouched."""
+    model = loaded.model
+    swap: dict[int, tuple[keras.layers.Layer, Callable]] = {}
+    for layer in walk_layers(model):
+        if not isinstance(layer, keras.Model):
+            call = _guided_call(layer)
+            if call is not None:
+                swap[id(layer)] = (layer, call)
+    out_layer = _output_layer(model)
+    if loaded.output_activation in SQUASHING:  # explain pre-activation scores, as the maps do
+        swap[id(out_layer)] = (out_layer, _linear_copy(out_layer))
+    inp = keras.Input(shape=model.input_shape[1:], name="image")
+    return keras.Model(inp, _replay(model, inp, swap), name="guided_backprop")
+
+
 def split_model(
     model: keras.Model, layer: keras.layers.Layer, score: str
 ) -> tuple[keras.Model, keras.Model | None, keras.Model, str]:

@@ -42,6 +42,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("correct", pa.bool_()),
         ("heatmap_path", pa.string()),
         ("overlay_path", pa.string()),
+        ("guided_path", pa.string()),
         ("cam_max", pa.float32()),
         ("cam_mean", pa.float32()),
         ("cam_entropy", pa.float32()),
@@ -116,6 +117,17 @@ def save_overlay(
     """The overlay as a JPEG."""
     image = blend_overlay(base, colour, alpha)
     atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=quality))
+
+
+def save_guided(path: Path, guided: np.ndarray) -> None:
+    """Guided Grad-CAM (H,W,C) as .npy, and beside it as a PNG (the usual visualisation:
+    standardised, scaled by 0.1 around mid-grey)."""
+    save_heatmap(path, guided)
+    g = guided.astype(np.float64)
+    g = (g - g.mean()) / (g.std() + 1e-5) * 0.1 + 0.5
+    pixels = np.clip(g * 255, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    atomic_write(path.with_suffix(".png"), lambda tmp: image.save(tmp, format="PNG"))
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -116,6 +116,7 @@ def remove_temporaries(own: Path, shared: Path, stems: set[str]) -> int:
         (own / PARTS, None),
         (shared / "heatmaps", stems),
         (shared / "overlays", stems),
+        (shared / "guided", stems),
     ):
         if not folder.is_dir():
             continue

@@ -24,7 +24,14 @@ from pipeline import CONF_DIR, __version__
 from pipeline.config import ConfigError, register_configs
 from pipeline.faults import checkpoint
 from pipeline.manifest import BOX_COLUMNS, read_manifest, resolve_labels
-from pipeline.outputs import safe_name, save_heatmap, save_overlay, summary_table, write_json
+from pipeline.outputs import (
+    safe_name,
+    save_guided,
+    save_heatmap,
+    save_overlay,
+    summary_table,
+    write_json,
+)
 from pipeline.resume import check_writable, fingerprint, is_complete, mark_complete, prepare
 from pipeline.shards import shard_dir, shard_rows
 
@@ -376,6 +383,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
             futures: list[Future] = []
             heat_paths: list[str | None] = [None] * len(rows)
             overlay_paths: list[str | None] = [None] * len(rows)
+            guided_paths: list[str | None] = [None] * len(rows)
             bases = batch["base"].numpy() if base_side else None
             base_hw = batch["base_hw"].numpy()
             maps = res["map_input"] if cfg.heatmaps.resolution == "input" else res["map"]
@@ -384,6 +392,11 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
                 if cfg.heatmaps.enabled:
                     heat_paths[i] = f"heatmaps/{stem}.npy"
                     futures.append(pool.submit(save_heatmap, heat_dir / f"{stem}.npy", maps[i]))
+                if "guided" in res:
+                    guided_paths[i] = f"guided/{stem}.npy"
+                    futures.append(
+                        pool.submit(save_guided, out / guided_paths[i], res["guided"][i])
+                    )
                 if base_side:
                     overlay_paths[i] = f"overlays/{stem}.jpg"
                     bh, bw = base_hw[i]
@@ -423,6 +436,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
                 "correct": _nullable(res["pred_index"] == labels, ok & has_label),
                 "heatmap_path": heat_paths,
                 "overlay_path": overlay_paths,
+                "guided_path": guided_paths,
                 "cam_max": _nullable(res["cam_max"], ok),
                 **{c: _nullable(res[c], ok) for c in STAT_COLUMNS if c != "pointing_hit"},
                 "pointing_hit": _nullable(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from pipeline.cam.base import CamMethod
-from pipeline.model import LoadedModel
+from pipeline.model import LoadedModel, guided_model
 from pipeline.outputs import jet_lut
 from pipeline.stats import attention_stats
 
@@ -83,6 +83,7 @@ def build_step(
     lut = tf.constant(jet_lut())
     head, tail, full, prep = loaded.head, loaded.tail, loaded.full, loaded.preprocess
     forward = make_forward(loaded)
+    guided = guided_model(loaded) if method.guided else None
 
     def pick_targets(preds: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:  # (B,) int32
         if target == TARGET_PRED:
@@ -137,6 +138,14 @@ def build_step(
             "map_input": up,
             **attention_stats(up, boxes, box_valid, coarse=maps),
         }
+        if guided is not None:  # guided backpropagation to the input, times the map
+            with tf.GradientTape(watch_accessed_variables=False) as gtape:
+                gtape.watch(x)
+                gscores = scores_and_outputs(
+                    loaded, tf.cast(guided(x, training=False), tf.float32)
+                )[0]
+                gtarget = tf.reduce_sum(gscores * tf.one_hot(targets, n_classes), axis=1)
+            result["guided"] = gtape.gradient(gtarget, x) * up[..., None]  # (B,H,W,C)
         if colourise:
             result["colour"] = tf.gather(lut, tf.cast(tf.round(up * 255.0), tf.int32))  # (B,H,W,3)
         return result

@@ -275,6 +275,50 @@ def time_reference(cfg, paths: Sequence[Path], out_dir: Path) -> Timing:
 # ----------------------------------------------------------------------------- report
 
 
+def methods_benchmark(args: argparse.Namespace) -> int:
+    """The full pipeline once per CAM method, on the same images; ratios to plain Grad-CAM."""
+    from pipeline.cam import METHODS
+
+    methods = args.methods or sorted(METHODS, key=lambda m: (m != "gradcam", m))
+    if "gradcam" not in methods:
+        methods = ["gradcam", *methods]
+    work = Path(tempfile.mkdtemp(prefix="gradcam-methods-"))
+    try:
+        images = make_images(work / "images", args.n, args.seed)
+        warmup = [work / "warmup" / f"missing_{i:05d}.jpg" for i in range(args.batch_size)]
+        manifest = work / "manifest.csv"
+        write_manifest(manifest, warmup + images)
+        timings = {}
+        for method in methods:
+            out = work / f"out_{method}"
+            cfg = compose_config(
+                args.model, manifest, args.batch_size, out, [f"cam={method}", *args.set]
+            )
+            log.info("pipeline with cam=%s: %d + %d warm-up images", method, args.n, len(warmup))
+            timings[method], _ = time_pipeline(cfg, out, len(warmup))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    base = timings["gradcam"].ips
+    print(f"\nmodel={args.model} (weights=None) batch_size={args.batch_size}, {args.n} images")
+    print("method        images/s  vs gradcam")
+    for method, timing in timings.items():
+        print(f"{method:<12} {timing.ips:>9.2f}  {timing.ips / base:>9.3f}")
+    print(
+        json.dumps(
+            {
+                "methods": {
+                    m: {"ips": round(t.ips, 3), "vs_gradcam": round(t.ips / base, 3)}
+                    for m, t in timings.items()
+                },
+                "n": args.n,
+                "batch_size": args.batch_size,
+                "model": args.model,
+            }
+        )
+    )
+    return 0
+
+
 def memory_benchmark(sizes: Sequence[int], seed: int, keep: bool) -> int:
     """Peak RSS of a whole `gradcam-audit` run (its own process) for each manifest size."""
     import resource
@@ -390,6 +434,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="instead: peak RSS of whole runs on --memory-sizes tiny images (tiny model)",
     )
     parser.add_argument("--memory-sizes", type=int, nargs=2, default=[1000, 20000])
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help="instead: time the full pipeline with each cam= method (all when none given) "
+        "and report images/s relative to gradcam",
+    )
     args = parser.parse_args(argv)
     if args.n < 1 or args.batch_size < 1 or args.reference_n < 0:
         parser.error("--n and --batch-size must be >= 1, --reference-n >= 0")
@@ -402,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if args.memory:
         return memory_benchmark(args.memory_sizes, args.seed, args.keep)
+    if args.methods is not None:
+        return methods_benchmark(args)
     import keras
     import tensorflow as tf
 

@@ -27,7 +27,8 @@ def test_help_lists_config_groups():
     proc = cli("--help")
     assert proc.returncode == 0
     assert "model: " in proc.stdout and "custom, demo" in proc.stdout
-    assert "efficientnet_b0" in proc.stdout and "cam: gradcam" in proc.stdout
+    cam_line = next(line for line in proc.stdout.splitlines() if line.startswith("cam: "))
+    assert "efficientnet_b0" in proc.stdout and "gradcam" in cam_line and "scorecam" in cam_line
 
 
 def test_cfg_job_prints_composed_config():

@@ -4,6 +4,7 @@ from pipeline.cam.base import CamMethod
 from pipeline.cam.eigencam import EigenCam
 from pipeline.cam.gradcam import GradCam
 from pipeline.cam.gradcampp import GradCamPlusPlus
+from pipeline.cam.guided_gradcam import GuidedGradCam
 from pipeline.cam.hirescam import HiResCam
 from pipeline.cam.layercam import LayerCam
 from pipeline.cam.scorecam import ScoreCam
@@ -12,7 +13,16 @@ from pipeline.config import ConfigError
 
 METHODS: dict[str, type[CamMethod]] = {
     cls.name: cls
-    for cls in (GradCam, GradCamPlusPlus, HiResCam, XGradCam, LayerCam, EigenCam, ScoreCam)
+    for cls in (
+        GradCam,
+        GradCamPlusPlus,
+        HiResCam,
+        XGradCam,
+        LayerCam,
+        EigenCam,
+        ScoreCam,
+        GuidedGradCam,
+    )
 }
 
 

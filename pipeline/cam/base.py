@@ -14,6 +14,7 @@ class CamMethod:
 
     name = "base"
     needs_forward = False  # True: compute() also gets the pixels, targets and a forward function
+    guided = False  # True: the step also returns guided backpropagation x the map ("guided")
 
     def weights(self, acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:  # (B,h,w,C) -> (B,C)
         raise NotImplementedError
