@@ -33,6 +33,8 @@ class CamConfig:
     name: str = "gradcam"
     max_channels: int = 64  # scorecam: channels kept (highest mean activation)
     batch_size: int = 8  # scorecam: channels per forward pass
+    aug_smooth: bool = False  # average the maps over flips and brightness x0.9/x1.1 (6 passes)
+    eigen_smooth: bool = False  # first principal component of the channel contributions
 
 
 @dataclass

@@ -20,6 +20,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("path", pa.string()),
         ("status", pa.string()),
+        ("method", pa.string()),
         ("error", pa.string()),
         ("warning", pa.string()),
         ("label", pa.string()),

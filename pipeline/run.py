@@ -206,6 +206,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
         else {}
     )
     method = get_method(cfg.cam.name, **options)
+    if cfg.cam.eigen_smooth and method.needs_forward:
+        raise ConfigError(f"cam.eigen_smooth does not apply to cam={cfg.cam.name}")
     from pipeline.step import target_code
 
     code = target_code(cfg.target, len(loaded.class_names))
@@ -313,6 +315,8 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
         colourise=cfg.overlays.enabled,
         strategy=strategy,
         jit_compile=cfg.jit_compile,
+        aug_smooth=cfg.cam.aug_smooth,
+        eigen_smooth=cfg.cam.eigen_smooth,
     )
     heat_dir, overlay_dir = out / "heatmaps", out / "overlays"
     base_side = cfg.overlays.max_side if cfg.overlays.enabled else 0
@@ -417,6 +421,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
                 "id": sub["id"].tolist(),
                 "path": sub["manifest_path"].tolist(),
                 "status": np.where(ok, "ok", "error").tolist(),
+                "method": [method.name] * len(rows),
                 "error": [None if k else e for k, e in zip(ok, errors)],
                 "warning": [_join(label_warnings[r], bw) for r, bw in zip(rows, box_warnings)],
                 "label": sub["label"].tolist(),

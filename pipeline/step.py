@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from pipeline.cam.base import CamMethod
+from pipeline.cam.base import CamMethod, first_component
 from pipeline.model import LoadedModel, guided_model
 from pipeline.outputs import jet_lut
 from pipeline.stats import attention_stats
@@ -61,6 +61,9 @@ def make_forward(loaded: LoadedModel) -> Callable[[tf.Tensor], tf.Tensor]:
     return forward
 
 
+AUGMENTATIONS = [(False, 0.9), (False, 1.1), (True, 0.9), (True, 1.0), (True, 1.1)]  # + identity
+
+
 def build_step(
     loaded: LoadedModel,
     method: CamMethod,
@@ -69,6 +72,8 @@ def build_step(
     colourise: bool,
     strategy: tf.distribute.Strategy | None = None,
     jit_compile: bool = False,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
 ) -> Callable[..., dict[str, tf.Tensor]]:
     """One tf.function for a whole batch; batch size may vary without retracing.
 
@@ -99,8 +104,10 @@ def build_step(
         tf.TensorSpec((None,), tf.bool),
     ]
 
-    def step(images, labels, boxes, box_valid):
-        x = prep(tf.cast(images, tf.float32))  # (B,H,W,C)
+    def cam(pixels, labels, targets=None):
+        """(raw maps (B,h',w'), x, outputs, top-k, targets) for pixels (B,H,W,C) 0..255; the
+        targets are picked from the predictions unless given (augmented copies reuse them)."""
+        x = prep(pixels)  # (B,H,W,C)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             if tail is not None:  # record only the part after the target layer
                 acts = head(x, training=False)  # (B,h',w',K)
@@ -112,18 +119,37 @@ def build_step(
                 scores = tf.cast(scores, tf.float32)  # float16 under mixed precision
             scores, outputs = scores_and_outputs(loaded, scores)  # (B,N) each
             topk_score, topk_index = tf.math.top_k(outputs, k=k)  # (B,k)
-            preds = topk_index[:, 0]
-            targets = pick_targets(preds, labels)  # (B,)
+            if targets is None:
+                targets = pick_targets(topk_index[:, 0], labels)  # (B,)
             # one-hot product, not gather: its gradient is deterministic on every device
             target_scores = tf.reduce_sum(scores * tf.one_hot(targets, n_classes), axis=1)  # (B,)
         grads = tape.gradient(target_scores, acts)  # (B,h',w',K); images are independent
         acts, grads = tf.cast(acts, tf.float32), tf.cast(grads, tf.float32)  # maps in float32
         if method.needs_forward:  # e.g. Score-CAM: masked forward passes
-            raw = method.compute(acts, grads, tf.cast(images, tf.float32), targets, forward)
+            raw = method.compute(acts, grads, pixels, targets, forward)
+        elif eigen_smooth:  # first principal component of the channel contributions
+            raw = tf.nn.relu(first_component(method.contributions(acts, grads)))
         else:
             raw = method(acts, grads)  # (B,h',w')
+        return raw, x, outputs, topk_score, topk_index, targets
+
+    def step(images, labels, boxes, box_valid):
+        pixels = tf.cast(images, tf.float32)
+        raw, x, outputs, topk_score, topk_index, targets = cam(pixels, labels)
+        preds = topk_index[:, 0]
         cam_max = tf.reduce_max(raw, axis=(1, 2))  # (B,)
         maps = tf.math.divide_no_nan(raw, cam_max[:, None, None])  # all-zero stays zero
+        if aug_smooth:  # mean of the normalised maps over flips and brightness changes
+            total = maps
+            for flip, factor in AUGMENTATIONS:
+                aug = pixels[:, :, ::-1] if flip else pixels
+                aug = tf.clip_by_value(aug * factor, 0.0, 255.0)
+                raw_a = cam(aug, labels, targets)[0]
+                raw_a = raw_a[:, :, ::-1] if flip else raw_a  # back to the image's orientation
+                top = tf.reduce_max(raw_a, axis=(1, 2))
+                total += tf.math.divide_no_nan(raw_a, top[:, None, None])
+            mean = total / (len(AUGMENTATIONS) + 1)
+            maps = tf.math.divide_no_nan(mean, tf.reduce_max(mean, axis=(1, 2))[:, None, None])
         up = tf.image.resize(maps[..., None], (h, w), method="bilinear")[..., 0]  # (B,H,W)
         up = tf.clip_by_value(up, 0.0, 1.0)
         result = {

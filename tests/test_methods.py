@@ -209,3 +209,51 @@ def test_guided_gradcam_matches_manual_guided_backprop(model_files, tmp_path):
         expected = grad * out["map_input"].numpy()[i][..., None]
         np.testing.assert_allclose(out["guided"].numpy()[i], expected, atol=1e-5)
     assert np.abs(out["guided"].numpy()).max() > 0
+
+
+def test_eigen_smooth_is_first_component_of_contributions(model_files):
+    loaded = load_model(
+        "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
+    )
+    step = build_step(
+        loaded, get_method("gradcam"), 3, TARGET_LABEL, colourise=False, eigen_smooth=True
+    )
+    images = _images(4, seed=14)
+    labels = np.arange(4, dtype=np.int32)
+    got = step(images, labels, np.zeros((4, 4), np.float32), np.zeros(4, bool))["map"].numpy()
+    model = keras.models.load_model(model_files["rgb"])
+    for i in range(4):
+        a, g = acts_and_grads(model, images[i] / 255.0, int(labels[i]))
+        contrib = (a * g.mean(axis=(0, 1))).reshape(-1, a.shape[-1])
+        centred = contrib - contrib.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        proj = centred @ vt[0]
+        if np.corrcoef(proj, contrib.sum(1))[0, 1] < 0:
+            proj = -proj
+        cam = np.maximum(proj.reshape(a.shape[:2]), 0)
+        np.testing.assert_allclose(got[i], cam / cam.max(), atol=1e-4)
+
+
+def test_aug_smooth_averages_flipped_and_brightened_maps(model_files):
+    loaded = load_model(
+        "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
+    )
+    kwargs = dict(method=get_method("gradcam"), topk=3, target=TARGET_LABEL, colourise=False)
+    smooth = build_step(loaded, aug_smooth=True, **kwargs)
+    plain = build_step(loaded, **kwargs)
+    images = _images(3, seed=15)
+    labels = np.arange(3, dtype=np.int32)
+    zeros = (np.zeros((3, 4), np.float32), np.zeros(3, bool))
+    got = smooth(images, labels, *zeros)["map"].numpy()
+    total = 0
+    for flip in (False, True):
+        for factor in (0.9, 1.0, 1.1):
+            aug = images.astype(np.float32)[:, :, ::-1] if flip else images.astype(np.float32)
+            aug = np.clip(aug * factor, 0, 255)
+            # the plain step takes uint8: round-trip the brightness change like the pipeline's
+            m = plain(np.round(aug).astype(np.uint8), labels, *zeros)["map"].numpy()
+            total = total + (m[:, :, ::-1] if flip else m)
+    mean = total / 6
+    expected = mean / mean.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(got, expected, atol=0.02)  # rounding to uint8 in the reference
+    assert not np.allclose(got, plain(images, labels, *zeros)["map"].numpy(), atol=1e-3)

@@ -12,5 +12,5 @@ class HiResCam(CamMethod):
 
     name = "hirescam"
 
-    def __call__(self, acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:  # -> (B,h,w)
-        return tf.nn.relu(tf.reduce_sum(grads * acts, axis=-1))
+    def contributions(self, acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:  # (B,h,w,C)
+        return grads * acts

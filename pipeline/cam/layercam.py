@@ -12,5 +12,5 @@ class LayerCam(CamMethod):
 
     name = "layercam"
 
-    def __call__(self, acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:  # -> (B,h,w)
-        return tf.nn.relu(tf.reduce_sum(tf.nn.relu(grads) * acts, axis=-1))
+    def contributions(self, acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:  # (B,h,w,C)
+        return tf.nn.relu(grads) * acts
