@@ -21,6 +21,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("path", pa.string()),
         ("status", pa.string()),
         ("method", pa.string()),
+        ("rank", pa.int32()),
         ("error", pa.string()),
         ("warning", pa.string()),
         ("label", pa.string()),

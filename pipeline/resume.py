@@ -47,13 +47,14 @@ def fingerprint(config: dict, manifest_sha: str | None, model_sha: str | None) -
 class ChunkStore:
     """Summary parts committed chunk by chunk; a chunk is wholly there (its part file) or not."""
 
-    def __init__(self, out: Path, rows: np.ndarray, chunk_rows: int):
+    def __init__(self, out: Path, rows: np.ndarray, chunk_rows: int, items_per_row: int = 1):
         self.out = Path(out)  # this process's folder: its parts, state and summary
         self.parts = self.out / PARTS
         self.rows = np.asarray(rows, np.int64)  # the manifest rows it owns, ascending
         self.n_rows = len(self.rows)
         self.chunk_rows = chunk_rows
         self.n_chunks = (self.n_rows + chunk_rows - 1) // chunk_rows
+        self.items_per_row = items_per_row  # summary rows per manifest row (target=topk: K)
 
     def part(self, chunk: int) -> Path:
         return self.parts / f"part-{chunk:06d}.parquet"
@@ -77,7 +78,7 @@ class ChunkStore:
                 rows = pq.read_metadata(path).num_rows
             except (OSError, pa.ArrowInvalid):
                 rows = -1
-            if rows == len(self.chunk_rows_of(chunk)):
+            if rows == len(self.chunk_rows_of(chunk)) * self.items_per_row:
                 done.add(chunk)
             else:  # cannot happen with atomic renames; never trust it anyway
                 log.warning("discarding unreadable part %s", path)
@@ -139,6 +140,7 @@ def prepare(
     rows: np.ndarray,
     chunk_rows: int,
     stems: set[str],
+    items_per_row: int = 1,
 ) -> ChunkStore:
     """Check the folder against this run's fingerprint; returns the store to continue in.
 
@@ -147,7 +149,7 @@ def prepare(
     """
     state_path = out / STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() else None
-    store = ChunkStore(out, rows, chunk_rows)
+    store = ChunkStore(out, rows, chunk_rows, items_per_row)
     if state is None and (out / "summary.parquet").exists() and resume:
         raise ConfigError(
             f"{out} already holds a summary.parquet of unknown origin; choose another "

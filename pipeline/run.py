@@ -37,6 +37,7 @@ from pipeline.shards import shard_dir, shard_rows
 
 log = logging.getLogger(__name__)
 PENDING_BATCHES = 2  # batches whose files may still be in flight before their rows are written
+PER_IMAGE = {"topk_index", "topk_score", "pred_index", "pred_score"}  # the same for every rank
 
 
 @dataclass
@@ -208,9 +209,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     method = get_method(cfg.cam.name, **options)
     if cfg.cam.eigen_smooth and method.needs_forward:
         raise ConfigError(f"cam.eigen_smooth does not apply to cam={cfg.cam.name}")
-    from pipeline.step import target_code
+    from pipeline.step import TARGET_TOPK, target_code
 
     code = target_code(cfg.target, len(loaded.class_names))
+    ranks = min(cfg.model.topk, len(loaded.class_names)) if code == TARGET_TOPK else 1
     own = shard_dir(out, cfg.shard.count, cfg.shard.index)  # summary, state, run.json
     check_writable(own)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -227,7 +229,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     if cfg.resume and is_complete(own, fp):
         log.info("%s is already complete for this config; nothing to compute", own)
     else:
-        store = prepare(own, out, fp, cfg.resume, rows, chunk, stems)
+        store = prepare(own, out, fp, cfg.resume, rows, chunk, stems, ranks)
         _audit(cfg, table, loaded, method, code, store, out, strategy, timing)
         store.finalize()
         mark_complete(own)
@@ -320,6 +322,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
     )
     heat_dir, overlay_dir = out / "heatmaps", out / "overlays"
     base_side = cfg.overlays.max_side if cfg.overlays.enabled else 0
+    ranks = store.items_per_row
     names_m = list(cfg.metrics.names)
     faithfulness = (
         build_metrics(
@@ -354,7 +357,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
                 future.result()  # a failed write stops the run: its chunk is never committed
             parts = chunk_tables.setdefault(chunk, [])
             parts.append(batch_table)
-            if sum(t.num_rows for t in parts) == len(store.chunk_rows_of(chunk)):
+            if sum(t.num_rows for t in parts) == len(store.chunk_rows_of(chunk)) * ranks:
                 store.commit(chunk, pa.concat_tables(chunk_tables.pop(chunk)))
 
     log.info("auditing %d of %d rows -> %s", len(todo), store.n_rows, out)
@@ -375,8 +378,21 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
             boxes, box_valid, box_warnings = normalise_boxes(boxes_px[rows], orig_hw, ok)
             out_t = step(batch["image"], labels, boxes, box_valid)
             if faithfulness is not None:
+                per_rank = [
+                    faithfulness(
+                        batch["image"],
+                        out_t["map_input"][:, r] if ranks > 1 else out_t["map_input"],
+                        out_t["target_index"][:, r] if ranks > 1 else out_t["target_index"],
+                    )
+                    for r in range(ranks)
+                ]
                 out_t.update(
-                    faithfulness(batch["image"], out_t["map_input"], out_t["target_index"])
+                    {
+                        key: tf.stack([p[key] for p in per_rank], axis=1)
+                        if ranks > 1
+                        else per_rank[0][key]
+                        for key in per_rank[0]
+                    }
                 )
             res = {k: v.numpy() for k, v in out_t.items()}
             checkpoint("compute")
@@ -384,15 +400,27 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
                 for i in np.flatnonzero(ok & (labels < 0)):
                     ok[i] = False
                     errors[i] = "target=label but the row has no usable label"
+            # one summary row per (image, rank): K rows per image with target=topk, else 1
+            img = np.repeat(np.arange(len(rows)), ranks)
+            rank = np.tile(np.arange(ranks), len(rows)).astype(np.int32)
+            for key, value in res.items():
+                res[key] = (
+                    value[img]
+                    if key in PER_IMAGE or ranks == 1
+                    else value.reshape(len(rows) * ranks, *value.shape[2:])
+                )
+            rows, ok, orig_hw, labels = rows[img], ok[img], orig_hw[img], labels[img]
+            errors = [errors[i] for i in img]
+            box_warnings = [box_warnings[i] for i in img]
             futures: list[Future] = []
             heat_paths: list[str | None] = [None] * len(rows)
             overlay_paths: list[str | None] = [None] * len(rows)
             guided_paths: list[str | None] = [None] * len(rows)
-            bases = batch["base"].numpy() if base_side else None
-            base_hw = batch["base_hw"].numpy()
+            bases = batch["base"].numpy()[img] if base_side else None
+            base_hw = batch["base_hw"].numpy()[img]
             maps = res["map_input"] if cfg.heatmaps.resolution == "input" else res["map"]
             for i in np.flatnonzero(ok):
-                stem = stems[rows[i]]
+                stem = stems[rows[i]] + (f"-k{rank[i]}" if ranks > 1 else "")
                 if cfg.heatmaps.enabled:
                     heat_paths[i] = f"heatmaps/{stem}.npy"
                     futures.append(pool.submit(save_heatmap, heat_dir / f"{stem}.npy", maps[i]))
@@ -422,6 +450,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
                 "path": sub["manifest_path"].tolist(),
                 "status": np.where(ok, "ok", "error").tolist(),
                 "method": [method.name] * len(rows),
+                "rank": rank,
                 "error": [None if k else e for k, e in zip(ok, errors)],
                 "warning": [_join(label_warnings[r], bw) for r, bw in zip(rows, box_warnings)],
                 "label": sub["label"].tolist(),

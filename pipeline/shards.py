@@ -87,7 +87,7 @@ def merge(out: str | Path, allow_partial: bool = False) -> Path:
         pq.read_table(complete[i] / "summary.parquet", schema=SUMMARY_SCHEMA)
         for i in sorted(complete)
     ]
-    merged = pa.concat_tables(tables).sort_by("row")
+    merged = pa.concat_tables(tables).sort_by([("row", "ascending"), ("rank", "ascending")])
     atomic_write(out / "summary.parquet", lambda tmp: pq.write_table(merged, tmp))
     records = [json.loads((complete[i] / "run.json").read_text()) for i in sorted(complete)]
     record = dict(records[0])

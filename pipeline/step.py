@@ -13,6 +13,7 @@ from pipeline.stats import attention_stats
 
 TARGET_PRED = -1  # target codes baked into the step: pred, label, or a class index >= 0
 TARGET_LABEL = -2
+TARGET_TOPK = -3  # every one of the model.topk best classes: K maps (and rows) per image
 
 
 def target_code(target: object, n_classes: int) -> int:
@@ -23,10 +24,14 @@ def target_code(target: object, n_classes: int) -> int:
         return TARGET_PRED
     if target == "label":
         return TARGET_LABEL
+    if target == "topk":
+        return TARGET_TOPK
     try:
         index = int(str(target))
     except ValueError:
-        raise ConfigError(f"target={target!r}; expected pred, label or a class index") from None
+        raise ConfigError(
+            f"target={target!r}; expected pred, label, topk or a class index"
+        ) from None
     if not 0 <= index < n_classes:
         raise ConfigError(f"target={index} is out of range; the model has {n_classes} classes")
     return index
@@ -91,7 +96,7 @@ def build_step(
     guided = guided_model(loaded) if method.guided else None
 
     def pick_targets(preds: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:  # (B,) int32
-        if target == TARGET_PRED:
+        if target in (TARGET_PRED, TARGET_TOPK):  # topk: rank 0 first, the others follow
             return preds
         if target == TARGET_LABEL:  # rows without a label fall back to pred (marked later)
             return tf.where(labels >= 0, labels, preds)
@@ -133,10 +138,8 @@ def build_step(
             raw = method(acts, grads)  # (B,h',w')
         return raw, x, outputs, topk_score, topk_index, targets
 
-    def step(images, labels, boxes, box_valid):
-        pixels = tf.cast(images, tf.float32)
-        raw, x, outputs, topk_score, topk_index, targets = cam(pixels, labels)
-        preds = topk_index[:, 0]
+    def explain(pixels, labels, boxes, box_valid, raw, x, outputs, targets):
+        """Everything that depends on the one class each image's map explains."""
         cam_max = tf.reduce_max(raw, axis=(1, 2))  # (B,)
         maps = tf.math.divide_no_nan(raw, cam_max[:, None, None])  # all-zero stays zero
         if aug_smooth:  # mean of the normalised maps over flips and brightness changes
@@ -153,10 +156,6 @@ def build_step(
         up = tf.image.resize(maps[..., None], (h, w), method="bilinear")[..., 0]  # (B,H,W)
         up = tf.clip_by_value(up, 0.0, 1.0)
         result = {
-            "topk_index": topk_index,
-            "topk_score": topk_score,
-            "pred_index": preds,
-            "pred_score": topk_score[:, 0],
             "target_index": targets,
             "target_score": tf.gather(outputs, targets, batch_dims=1),
             "cam_max": cam_max,
@@ -175,6 +174,26 @@ def build_step(
         if colourise:
             result["colour"] = tf.gather(lut, tf.cast(tf.round(up * 255.0), tf.int32))  # (B,H,W,3)
         return result
+
+    def step(images, labels, boxes, box_valid):
+        pixels = tf.cast(images, tf.float32)
+        raw, x, outputs, topk_score, topk_index, targets = cam(pixels, labels)
+        common = {
+            "topk_index": topk_index,
+            "topk_score": topk_score,
+            "pred_index": topk_index[:, 0],
+            "pred_score": topk_score[:, 0],
+        }
+        first = explain(pixels, labels, boxes, box_valid, raw, x, outputs, targets)
+        if target != TARGET_TOPK:
+            return {**common, **first}
+        ranks = [first]  # target=topk: one map per top class, stacked on axis 1: (B,K,...)
+        for r in range(1, k):
+            raw_r = cam(pixels, labels, topk_index[:, r])[0]
+            ranks.append(
+                explain(pixels, labels, boxes, box_valid, raw_r, x, outputs, topk_index[:, r])
+            )
+        return {**common, **{key: tf.stack([p[key] for p in ranks], axis=1) for key in first}}
 
     if strategy is None or strategy.num_replicas_in_sync == 1:
         return tf.function(

@@ -180,3 +180,39 @@ def test_single_sigmoid_output_is_two_classes(tmp_path):
         cam = np.maximum((conv[0].numpy() * grads.mean(axis=(0, 1))).sum(-1), 0)
         ref = cam / cam.max() if cam.max() > 0 else cam
         np.testing.assert_allclose(res["map"][i], ref, atol=1e-4)
+
+
+def test_target_topk_explains_each_top_class_in_its_own_row(
+    model_files, image_folder, make_cfg, tmp_path
+):
+    paths = image_folder(5, seed=21)
+    manifest = write_csv(
+        tmp_path / "m.csv", "path", [f"images/{p.name}" for p in paths] + ["images/missing.png"]
+    )
+    cfg = make_cfg(
+        "model=custom",
+        f"model.path={model_files['rgb']}",
+        "model.preprocess=unit",
+        f"data.manifest={manifest}",
+        "batch_size=4",
+        "target=topk",
+        "model.topk=3",
+        "metrics.names=[insertion]",
+        "metrics.steps=3",
+        "max_error_rate=1",
+    )
+    result = run(cfg)
+    summary = pd.read_parquet(result.output_dir / "summary.parquet")
+    assert len(summary) == 6 * 3  # K rows per manifest row, errors included
+    assert summary["row"].tolist() == [r for r in range(6) for _ in range(3)]
+    assert summary["rank"].tolist() == [0, 1, 2] * 6
+    ok = summary[summary["status"] == "ok"]
+    assert (ok["target_index"] == [t[k] for t, k in zip(ok["topk_index"], ok["rank"])]).all()
+    assert ok["heatmap_path"].is_unique and ok["insertion_auc"].notna().all()
+    model = keras.models.load_model(model_files["rgb"])
+    for _, row in ok.iterrows():
+        pixels = np.asarray(Image.open(paths[row["row"]]).convert("RGB"), np.float32) / 255.0
+        ref = reference_gradcam(model, "last_conv", pixels, int(row["target_index"]))
+        np.testing.assert_allclose(np.load(result.output_dir / row["heatmap_path"]), ref, atol=1e-4)
+    classes = pd.read_parquet(result.output_dir / "classes.parquet")
+    assert classes["n"].sum() == len(ok)  # every explained (image, class) pair counts once
