@@ -55,6 +55,7 @@ def scores_and_outputs(loaded: LoadedModel, scores: tf.Tensor) -> tuple[tf.Tenso
 def make_forward(loaded: LoadedModel) -> Callable[[tf.Tensor], tf.Tensor]:
     """Pixels (B,H,W,C) as floats 0..255 -> the model's outputs (B,N), as the step reports them."""
 
+    @tf.autograph.experimental.do_not_convert  # plain TF calls; nothing for AutoGraph to do
     def forward(pixels: tf.Tensor) -> tf.Tensor:
         x = loaded.preprocess(pixels)
         if loaded.tail is not None:
