@@ -147,6 +147,18 @@ def image_folder(tmp_path) -> Callable[[int], list[Path]]:
     return make
 
 
+def noise_pngs(folder: Path, n: int, seed: int) -> list[Path]:
+    """n random-noise PNGs of model size named 0.png .. n-1.png in folder (created)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
 def write_csv(path: Path, header: str, rows: list[str]) -> Path:
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     return path

@@ -12,8 +12,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SIZE, write_csv
-from PIL import Image
+from conftest import SIZE, noise_pngs, write_csv
 
 from pipeline.config import ConfigError
 from pipeline.faults import ENV
@@ -26,14 +25,10 @@ ROWS = 60  # with batch_size=4 and chunk_batches=2: 8 chunks of 8 rows
 @pytest.fixture
 def dataset(tmp_path):
     """60 rows: 56 small PNGs (some with boxes), 2 missing files, 1 text file, 1 duplicate."""
-    rng = np.random.default_rng(1)
     folder = tmp_path / "img"
-    folder.mkdir()
+    noise_pngs(folder, 56, seed=1)
     lines = []
     for i in range(56):
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
-            folder / f"{i}.png"
-        )
         box = "4,4,20,20" if i % 3 == 0 else ",,,"
         lines.append(f"img/{i}.png,{i % 5},{box}")
     (folder / "note.png").write_text("not an image")

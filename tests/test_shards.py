@@ -9,8 +9,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SIZE, write_csv
-from PIL import Image
+from conftest import noise_pngs, write_csv
 
 from pipeline.config import ConfigError
 from pipeline.run import run
@@ -21,15 +20,8 @@ from pipeline.shards import merge, shard_rows
 @pytest.fixture
 def dataset(tmp_path):
     """30 rows: 28 small PNGs with labels and groups, 2 missing files."""
-    rng = np.random.default_rng(2)
-    folder = tmp_path / "img"
-    folder.mkdir()
-    lines = []
-    for i in range(28):
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
-            folder / f"{i}.png"
-        )
-        lines.append(f"img/{i}.png,{i % 5},{'a' if i % 2 else 'b'}")
+    noise_pngs(tmp_path / "img", 28, seed=2)
+    lines = [f"img/{i}.png,{i % 5},{'a' if i % 2 else 'b'}" for i in range(28)]
     lines[7:7] = ["img/gone.png,1,a"]
     lines.append("img/gone2.png,2,b")
     return write_csv(tmp_path / "m.csv", "path,label,group", lines)
