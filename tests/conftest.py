@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -157,6 +159,17 @@ def noise_pngs(folder: Path, n: int, seed: int) -> list[Path]:
         Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     return paths
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` in a subprocess: its exit code, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def write_csv(path: Path, header: str, rows: list[str]) -> Path:

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
-from conftest import write_csv
+from conftest import run_cli, write_csv
 
 
-def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return run_cli(*args)
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:

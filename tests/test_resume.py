@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 import time
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SIZE, noise_pngs, write_csv
+from conftest import SIZE, noise_pngs, run_cli, write_csv
 
 from pipeline.config import ConfigError
 from pipeline.faults import ENV
@@ -60,13 +59,7 @@ def cli(args, fault: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != ENV}
     if fault:
         env[ENV] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*args, env=env)
 
 
 def assert_same_results(a, b):

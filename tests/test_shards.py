@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import noise_pngs, write_csv
+from conftest import run_cli as cli
 
 from pipeline.config import ConfigError
 from pipeline.run import run
@@ -39,12 +40,6 @@ def _args(model_files, manifest, *extra):
         "progress=false",
         *extra,
     ]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=600
-    )
 
 
 def test_shard_rows_partition_the_manifest_stably():
