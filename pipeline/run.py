@@ -663,11 +663,17 @@ def check_error_budget(rows: int, errors: int, top_errors, max_rate: float) -> N
         sys.exit(3)
 
 
+def shorthand(arg: str) -> str:
+    """`metrics=[deletion,...]` means `metrics.names=[...]` (metrics.steps stays its own key)."""
+    return "metrics.names=" + arg[len("metrics=") :] if arg.startswith("metrics=") else arg
+
+
 def main() -> None:
     """Console entry point `gradcam-audit` (also `python -m pipeline`)."""
     import hydra
 
     register_configs()
+    sys.argv[1:] = [shorthand(arg) for arg in sys.argv[1:]]
     precheck(sys.argv[1:])
     entry = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)
     try:

@@ -24,6 +24,12 @@ def test_help_lists_config_groups():
     assert "efficientnet_b0" in proc.stdout and "gradcam" in cam_line and "scorecam" in cam_line
 
 
+def test_metrics_list_shorthand():
+    proc = cli("metrics=[deletion,insertion]", "metrics.steps=4", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "- deletion" in proc.stdout and "steps: 4" in proc.stdout
+
+
 def test_cfg_job_prints_composed_config():
     proc = cli("model=resnet50", "batch_size=7", "--cfg", "job")
     assert proc.returncode == 0
