@@ -106,18 +106,25 @@ def save_heatmap(path: Path, heatmap: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-def blend_overlay(base: np.ndarray, colour: np.ndarray, alpha: float) -> Image.Image:
-    """Jet-coloured map (H,W,3) resized onto base (h,w,3): (1-alpha)*base + alpha*colour."""
+_JET_PALETTE = jet_lut().ravel().tolist()
+
+
+def blend_overlay(base: np.ndarray, heat: np.ndarray, alpha: float) -> Image.Image:
+    """Map (H,W) in [0,1], resized onto base (h,w,3) and jet-coloured:
+    (1-alpha)*base + alpha*jet(map). The map is resized as one 8-bit channel, then coloured
+    through a palette (three times less resizing than an RGB map, all in Pillow's C code)."""
     h, w = base.shape[:2]
-    colour_im = Image.fromarray(colour).resize((w, h), Image.BILINEAR)
-    return Image.blend(Image.fromarray(base), colour_im, alpha)
+    levels = np.round(np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8)
+    gray = Image.fromarray(levels, "L").resize((w, h), Image.BILINEAR)
+    gray.putpalette(_JET_PALETTE)  # L -> P: each level indexes the jet table
+    return Image.blend(Image.fromarray(base), gray.convert("RGB"), alpha)
 
 
 def save_overlay(
-    path: Path, base: np.ndarray, colour: np.ndarray, alpha: float, quality: int
+    path: Path, base: np.ndarray, heat: np.ndarray, alpha: float, quality: int
 ) -> None:
     """The overlay as a JPEG."""
-    image = blend_overlay(base, colour, alpha)
+    image = blend_overlay(base, heat, alpha)
     atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=quality))
 
 

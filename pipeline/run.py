@@ -314,7 +314,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
         method,
         cfg.model.topk,
         code,
-        colourise=cfg.overlays.enabled,
+        colourise=False,  # overlays are coloured by the writer threads (palette, see outputs)
         strategy=strategy,
         jit_compile=cfg.jit_compile,
         aug_smooth=cfg.cam.aug_smooth,
@@ -437,7 +437,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
                             save_overlay,
                             overlay_dir / f"{stem}.jpg",
                             bases[i, :bh, :bw],
-                            res["colour"][i],
+                            res["map_input"][i],
                             cfg.overlays.alpha,
                             cfg.overlays.quality,
                         )

@@ -193,3 +193,15 @@ def test_bad_values_fail_before_any_work(audit, override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         audit(override)
     assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_overlay_is_jet_of_the_map_blended_with_alpha():
+    from pipeline.outputs import blend_overlay, jet_lut
+
+    base = np.full((20, 30, 3), 100, np.uint8)
+    heat = np.zeros((8, 8), np.float32)
+    heat[:, 4:] = 1.0  # left half cold, right half hot
+    out = np.asarray(blend_overlay(base, heat, 0.4)).astype(int)
+    assert out.shape == (20, 30, 3)
+    np.testing.assert_allclose(out[10, 1], np.round(0.6 * 100 + 0.4 * jet_lut()[0]), atol=1)
+    np.testing.assert_allclose(out[10, 28], np.round(0.6 * 100 + 0.4 * jet_lut()[255]), atol=1)
