@@ -314,7 +314,6 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
         method,
         cfg.model.topk,
         code,
-        colourise=False,  # overlays are coloured by the writer threads (palette, see outputs)
         strategy=strategy,
         jit_compile=cfg.jit_compile,
         aug_smooth=cfg.cam.aug_smooth,

@@ -8,7 +8,6 @@ import tensorflow as tf
 
 from pipeline.cam.base import CamMethod, first_component
 from pipeline.model import LoadedModel, guided_model
-from pipeline.outputs import jet_lut
 from pipeline.stats import attention_stats
 
 TARGET_PRED = -1  # target codes baked into the step: pred, label, or a class index >= 0
@@ -75,7 +74,6 @@ def build_step(
     method: CamMethod,
     topk: int,
     target: int,
-    colourise: bool,
     strategy: tf.distribute.Strategy | None = None,
     jit_compile: bool = False,
     aug_smooth: bool = False,
@@ -91,7 +89,6 @@ def build_step(
     c = loaded.channels
     n_classes = len(loaded.class_names)
     k = max(1, min(topk, n_classes))
-    lut = tf.constant(jet_lut())
     head, tail, full, prep = loaded.head, loaded.tail, loaded.full, loaded.preprocess
     forward = make_forward(loaded)
     guided = guided_model(loaded) if method.guided else None
@@ -172,8 +169,6 @@ def build_step(
                 )[0]
                 gtarget = tf.reduce_sum(gscores * tf.one_hot(targets, n_classes), axis=1)
             result["guided"] = gtape.gradient(gtarget, x) * up[..., None]  # (B,H,W,C)
-        if colourise:
-            result["colour"] = tf.gather(lut, tf.cast(tf.round(up * 255.0), tf.int32))  # (B,H,W,3)
         return result
 
     def step(images, labels, boxes, box_valid):

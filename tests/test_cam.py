@@ -28,7 +28,7 @@ def _images(n: int, seed: int = 0, channels: int = 3) -> np.ndarray:
 
 
 def _run_step(loaded, images, labels, target=TARGET_LABEL):
-    step = build_step(loaded, get_method("gradcam"), 3, target, colourise=True)
+    step = build_step(loaded, get_method("gradcam"), 3, target)
     n = len(images)
     return {
         k: v.numpy()

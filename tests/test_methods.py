@@ -71,7 +71,7 @@ def test_method_matches_paper_formula_and_is_batch_independent(model_files, name
     loaded = load_model(
         "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
     )
-    step = build_step(loaded, get_method(name), 3, TARGET_LABEL, colourise=False)
+    step = build_step(loaded, get_method(name), 3, TARGET_LABEL)
     images = _images(9, seed=4)
     labels = (np.arange(9) % N_CLASSES).astype(np.int32)
 
@@ -99,7 +99,7 @@ def test_scorecam_matches_per_image_definition(model_files):
         "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
     )
     method = get_method("scorecam", max_channels=7, channels_per_pass=3)  # 12 channels in all
-    step = build_step(loaded, method, 3, TARGET_LABEL, colourise=False)
+    step = build_step(loaded, method, 3, TARGET_LABEL)
     images = _images(5, seed=6)
     labels = (np.arange(5) % N_CLASSES).astype(np.int32)
     batch = step(images, labels, np.zeros((5, 4), np.float32), np.zeros(5, bool))["map"].numpy()
@@ -167,7 +167,7 @@ def test_model_randomisation_sanity_check(model_files, tmp_path):
             loaded = load_model(
                 "custom", str(path), None, "last_conv", "unit", None, "logits", None
             )
-            step = build_step(loaded, get_method(name), 3, TARGET_LABEL, colourise=False)
+            step = build_step(loaded, get_method(name), 3, TARGET_LABEL)
             out = step(images, labels, np.zeros((6, 4), np.float32), np.zeros(6, bool))
             maps.append(out["map"].numpy())
         report[name] = float(np.mean([_spearman(a, b) for a, b in zip(*maps)]))
@@ -182,7 +182,7 @@ def test_guided_gradcam_matches_manual_guided_backprop(model_files, tmp_path):
     loaded = load_model(
         "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
     )
-    step = build_step(loaded, get_method("guided_gradcam"), 3, TARGET_LABEL, colourise=False)
+    step = build_step(loaded, get_method("guided_gradcam"), 3, TARGET_LABEL)
     images = _images(3, seed=12)
     labels = np.array([0, 1, 2], np.int32)
     out = step(images, labels, np.zeros((3, 4), np.float32), np.zeros(3, bool))
@@ -215,9 +215,7 @@ def test_eigen_smooth_is_first_component_of_contributions(model_files):
     loaded = load_model(
         "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
     )
-    step = build_step(
-        loaded, get_method("gradcam"), 3, TARGET_LABEL, colourise=False, eigen_smooth=True
-    )
+    step = build_step(loaded, get_method("gradcam"), 3, TARGET_LABEL, eigen_smooth=True)
     images = _images(4, seed=14)
     labels = np.arange(4, dtype=np.int32)
     got = step(images, labels, np.zeros((4, 4), np.float32), np.zeros(4, bool))["map"].numpy()
@@ -238,7 +236,7 @@ def test_aug_smooth_averages_flipped_and_brightened_maps(model_files):
     loaded = load_model(
         "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
     )
-    kwargs = dict(method=get_method("gradcam"), topk=3, target=TARGET_LABEL, colourise=False)
+    kwargs = dict(method=get_method("gradcam"), topk=3, target=TARGET_LABEL)
     smooth = build_step(loaded, aug_smooth=True, **kwargs)
     plain = build_step(loaded, **kwargs)
     images = _images(3, seed=15)

@@ -82,7 +82,7 @@ def test_real_maps_beat_random_maps(tmp_path):
 
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in table["path"]])
     labels, _ = resolve_labels(table["label"], loaded.class_names)
-    step = build_step(loaded, get_method("gradcam"), 3, TARGET_LABEL, colourise=False)
+    step = build_step(loaded, get_method("gradcam"), 3, TARGET_LABEL)
     n = len(images)
     res = step(images, labels.astype(np.int32), np.zeros((n, 4), np.float32), np.zeros(n, bool))
     real = res["map_input"].numpy()

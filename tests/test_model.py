@@ -169,10 +169,10 @@ def test_presets_build_offline_and_auto_agrees(preset):
     side = PRESETS[preset][1]
     assert loaded.input_size == (side, side) and len(loaded.class_names) == 1000
     assert loaded.output_activation == "softmax"
-    step = build_step(loaded, get_method("gradcam"), 5, TARGET_PRED, colourise=True)
+    step = build_step(loaded, get_method("gradcam"), 5, TARGET_PRED)
     images = np.random.default_rng(0).integers(0, 256, (2, side, side, 3), dtype=np.uint8)
     res = step(images, np.full(2, -1, np.int32), np.zeros((2, 4), np.float32), np.zeros(2, bool))
-    assert res["colour"].shape == (2, side, side, 3)
+    assert res["map_input"].shape == (2, side, side)
     assert np.isfinite(res["map"].numpy()).all() and res["topk_index"].shape == (2, 5)
 
 
