@@ -98,13 +98,12 @@ def fit_side(size: tuple[int, int], max_side: int) -> tuple[int, int]:
 
 def load_example(
     path: str, size: tuple[int, int], channels: int, base_side: int, max_pixels: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool, bytes]:
-    """One row: (image (H,W,C) uint8, base (S,S,3) uint8 padded, base_hw, orig_hw, ok, error)."""
+) -> tuple[np.ndarray, Image.Image | None, np.ndarray, bool, bytes]:
+    """One row: (image (H,W,C) uint8, overlay base RGB with longest side <= base_side (None
+    when base_side is 0 or the row fails), orig_hw (2,) int32, ok, error)."""
     checkpoint("decode")
     h, w = size
     image = np.zeros((h, w, channels), np.uint8)
-    base = np.zeros((max(base_side, 1), max(base_side, 1), 3), np.uint8)
-    base_hw = np.zeros(2, np.int32)
     orig_hw = np.zeros(2, np.int32)
     try:
         mode = "L" if channels == 1 else "RGB"
@@ -112,14 +111,33 @@ def load_example(
         orig_hw[:] = (oh, ow)
         model_im = im.convert(mode) if mode != "RGB" else im
         image[:] = np.asarray(model_im.resize((w, h), Image.BILINEAR)).reshape(h, w, channels)
+        base = None
         if base_side:
-            bw, bh = fit_side(im.size, base_side)
-            fitted = im if (bw, bh) == im.size else im.resize((bw, bh), Image.BILINEAR)
-            base[:bh, :bw] = np.asarray(fitted)
-            base_hw[:] = (bh, bw)
-        return image, base, base_hw, orig_hw, True, b""
+            fitted = fit_side(im.size, base_side)
+            base = im if fitted == im.size else im.resize(fitted, Image.BILINEAR)
+        return image, base, orig_hw, True, b""
     except LoadError as exc:
-        return image, base, base_hw, orig_hw, False, str(exc).encode("utf-8")
+        return image, None, orig_hw, False, str(exc).encode("utf-8")
+
+
+class Bases:
+    """Overlay bases handed from the loader to the writers beside tf.data, keyed by row.
+
+    Each base keeps its own size and stays a Pillow image: no padded canvas, no copies
+    through tensors. The loader puts, the consumer pops; a dict is safe across threads.
+    """
+
+    def __init__(self) -> None:
+        self._images: dict[int, Image.Image] = {}
+
+    def put(self, row: int, image: Image.Image) -> None:
+        self._images[row] = image
+
+    def pop(self, row: int) -> Image.Image | None:
+        return self._images.pop(row, None)
+
+    def __len__(self) -> int:
+        return len(self._images)
 
 
 def make_dataset(
@@ -132,42 +150,36 @@ def make_dataset(
     max_pixels: int = 178_956_970,
     parallel: int = -1,
     prefetch: int = 2,
+    bases: Bases | None = None,
 ) -> tf.data.Dataset:
-    """Batches of `rows` (default: all), in order: dict(row, image, base, base_hw, orig_hw, ok,
-    error); `row` indexes `paths`.
+    """Batches of `rows` (default: all), in order: dict(row, image, orig_hw, ok, error); `row`
+    indexes `paths`. With base_side > 0, each good row's overlay base goes into `bases`.
 
     Decoding runs in parallel threads (PIL releases the GIL while decoding); a row that cannot
     be read keeps its place in the batch with ok=False and a specific error.
     """
     h, w = size
-    side = max(base_side, 1)
     paths = list(paths)
+    if base_side and bases is None:
+        raise ValueError("base_side > 0 needs a Bases store to put the overlay bases in")
 
     def load(row: np.ndarray):
-        return load_example(paths[int(row)], size, channels, base_side, max_pixels)
+        image, base, orig_hw, ok, error = load_example(
+            paths[int(row)], size, channels, base_side, max_pixels
+        )
+        if base is not None:
+            bases.put(int(row), base)
+        return image, orig_hw, ok, error
 
     def load_tf(row: tf.Tensor) -> dict[str, tf.Tensor]:
-        image, base, base_hw, orig_hw, ok, error = tf.numpy_function(
-            load,
-            [row],
-            [tf.uint8, tf.uint8, tf.int32, tf.int32, tf.bool, tf.string],
-            stateful=False,
+        image, orig_hw, ok, error = tf.numpy_function(
+            load, [row], [tf.uint8, tf.int32, tf.bool, tf.string], stateful=True
         )
         image.set_shape((h, w, channels))
-        base.set_shape((side, side, 3))
-        base_hw.set_shape((2,))
         orig_hw.set_shape((2,))
         ok.set_shape(())
         error.set_shape(())
-        return {
-            "row": row,
-            "image": image,
-            "base": base,
-            "base_hw": base_hw,
-            "orig_hw": orig_hw,
-            "ok": ok,
-            "error": error,
-        }
+        return {"row": row, "image": image, "orig_hw": orig_hw, "ok": ok, "error": error}
 
     calls = tf.data.AUTOTUNE if parallel is None or parallel < 1 else parallel
     todo = np.arange(len(paths)) if rows is None else np.asarray(rows, np.int64)

@@ -109,19 +109,18 @@ def save_heatmap(path: Path, heatmap: np.ndarray) -> None:
 _JET_PALETTE = jet_lut().ravel().tolist()
 
 
-def blend_overlay(base: np.ndarray, heat: np.ndarray, alpha: float) -> Image.Image:
-    """Map (H,W) in [0,1], resized onto base (h,w,3) and jet-coloured:
+def blend_overlay(base: Image.Image, heat: np.ndarray, alpha: float) -> Image.Image:
+    """Map (H,W) in [0,1], resized onto the RGB base and jet-coloured:
     (1-alpha)*base + alpha*jet(map). The map is resized as one 8-bit channel, then coloured
     through a palette (three times less resizing than an RGB map, all in Pillow's C code)."""
-    h, w = base.shape[:2]
     levels = np.round(np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8)
-    gray = Image.fromarray(levels, "L").resize((w, h), Image.BILINEAR)
+    gray = Image.fromarray(levels, "L").resize(base.size, Image.BILINEAR)
     gray.putpalette(_JET_PALETTE)  # L -> P: each level indexes the jet table
-    return Image.blend(Image.fromarray(base), gray.convert("RGB"), alpha)
+    return Image.blend(base, gray.convert("RGB"), alpha)
 
 
 def save_overlay(
-    path: Path, base: np.ndarray, heat: np.ndarray, alpha: float, quality: int
+    path: Path, base: Image.Image, heat: np.ndarray, alpha: float, quality: int
 ) -> None:
     """The overlay as a JPEG."""
     image = blend_overlay(base, heat, alpha)

@@ -9,10 +9,12 @@ import re
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,8 @@ from pipeline.shards import shard_dir, shard_rows
 
 log = logging.getLogger(__name__)
 PENDING_BATCHES = 2  # batches whose files may still be in flight before their rows are written
+T = TypeVar("T")
+R = TypeVar("R")
 PER_IMAGE = {"topk_index", "topk_score", "pred_index", "pred_score"}  # the same for every rank
 
 
@@ -295,7 +299,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
     import keras
     import tensorflow as tf
 
-    from pipeline.data import make_dataset
+    from pipeline.data import Bases, make_dataset
     from pipeline.metrics import COLUMNS, build_metrics
     from pipeline.stats import STAT_COLUMNS
     from pipeline.step import TARGET_LABEL, build_step, make_forward
@@ -330,6 +334,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
         if names_m
         else None
     )
+    bases = Bases()
     dataset = make_dataset(
         table["path"].tolist(),
         todo,
@@ -340,6 +345,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
         max_pixels=cfg.data.max_pixels,
         parallel=cfg.data.num_parallel_calls,
         prefetch=cfg.data.prefetch,
+        bases=bases,
     )
     boxes_px = table[BOX_COLUMNS].to_numpy(np.float64)  # (N,4)
     stems = [safe_name(r, i) for r, i in zip(table["row"], table["id"])]
@@ -367,34 +373,39 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
         disable=not cfg.progress,
         dynamic_ncols=True,
     )
-    try:
-        for batch in dataset:
-            rows = batch["row"].numpy()
-            ok = batch["ok"].numpy()
-            errors = [e.decode("utf-8") or None for e in batch["error"].numpy()]
-            orig_hw = batch["orig_hw"].numpy()
-            labels = label_index[rows]
-            boxes, box_valid, box_warnings = normalise_boxes(boxes_px[rows], orig_hw, ok)
-            out_t = step(batch["image"], labels, boxes, box_valid)
-            if faithfulness is not None:
-                per_rank = [
-                    faithfulness(
-                        batch["image"],
-                        out_t["map_input"][:, r] if ranks > 1 else out_t["map_input"],
-                        out_t["target_index"][:, r] if ranks > 1 else out_t["target_index"],
-                    )
-                    for r in range(ranks)
-                ]
-                out_t.update(
-                    {
-                        key: tf.stack([p[key] for p in per_rank], axis=1)
-                        if ranks > 1
-                        else per_rank[0][key]
-                        for key in per_rank[0]
-                    }
+
+    def compute(batch: dict) -> tuple:
+        """One batch through the compiled step (and the metrics); results as numpy."""
+        rows = batch["row"].numpy()
+        ok = batch["ok"].numpy()
+        errors = [e.decode("utf-8") or None for e in batch["error"].numpy()]
+        orig_hw = batch["orig_hw"].numpy()
+        labels = label_index[rows]
+        boxes, box_valid, box_warnings = normalise_boxes(boxes_px[rows], orig_hw, ok)
+        out_t = step(batch["image"], labels, boxes, box_valid)
+        if faithfulness is not None:
+            per_rank = [
+                faithfulness(
+                    batch["image"],
+                    out_t["map_input"][:, r] if ranks > 1 else out_t["map_input"],
+                    out_t["target_index"][:, r] if ranks > 1 else out_t["target_index"],
                 )
-            res = {k: v.numpy() for k, v in out_t.items()}
-            checkpoint("compute")
+                for r in range(ranks)
+            ]
+            out_t.update(
+                {
+                    key: tf.stack([p[key] for p in per_rank], axis=1)
+                    if ranks > 1
+                    else per_rank[0][key]
+                    for key in per_rank[0]
+                }
+            )
+        res = {k: v.numpy() for k, v in out_t.items()}
+        checkpoint("compute")
+        return rows, ok, errors, orig_hw, labels, box_warnings, res
+
+    try:
+        for rows, ok, errors, orig_hw, labels, box_warnings, res in one_ahead(compute, dataset):
             if code == TARGET_LABEL:
                 for i in np.flatnonzero(ok & (labels < 0)):
                     ok[i] = False
@@ -402,21 +413,21 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
             # one summary row per (image, rank): K rows per image with target=topk, else 1
             img = np.repeat(np.arange(len(rows)), ranks)
             rank = np.tile(np.arange(ranks), len(rows)).astype(np.int32)
-            for key, value in res.items():
-                res[key] = (
-                    value[img]
-                    if key in PER_IMAGE or ranks == 1
-                    else value.reshape(len(rows) * ranks, *value.shape[2:])
-                )
-            rows, ok, orig_hw, labels = rows[img], ok[img], orig_hw[img], labels[img]
-            errors = [errors[i] for i in img]
-            box_warnings = [box_warnings[i] for i in img]
+            if ranks > 1:
+                for key, value in res.items():
+                    res[key] = (
+                        value[img]
+                        if key in PER_IMAGE
+                        else value.reshape(len(rows) * ranks, *value.shape[2:])
+                    )
+                rows, ok, orig_hw, labels = rows[img], ok[img], orig_hw[img], labels[img]
+                errors = [errors[i] for i in img]
+                box_warnings = [box_warnings[i] for i in img]
             futures: list[Future] = []
             heat_paths: list[str | None] = [None] * len(rows)
             overlay_paths: list[str | None] = [None] * len(rows)
             guided_paths: list[str | None] = [None] * len(rows)
-            bases = batch["base"].numpy()[img] if base_side else None
-            base_hw = batch["base_hw"].numpy()[img]
+            batch_bases = {int(r): bases.pop(int(r)) for r in np.unique(rows)}
             maps = res["map_input"] if cfg.heatmaps.resolution == "input" else res["map"]
             for i in np.flatnonzero(ok):
                 stem = stems[rows[i]] + (f"-k{rank[i]}" if ranks > 1 else "")
@@ -430,12 +441,11 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
                     )
                 if base_side:
                     overlay_paths[i] = f"overlays/{stem}.jpg"
-                    bh, bw = base_hw[i]
                     futures.append(
                         pool.submit(
                             save_overlay,
                             overlay_dir / f"{stem}.jpg",
-                            bases[i, :bh, :bw],
+                            batch_bases[rows[i]],
                             res["map_input"][i],
                             cfg.overlays.alpha,
                             cfg.overlays.quality,
@@ -490,6 +500,21 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
         bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
     timing.update(compute_seconds=time.perf_counter() - start, computed_rows=len(todo))
+
+
+def one_ahead(compute: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """compute(item) for each item, in order, computing the next item in a thread while the
+    caller handles this one: on CPU the compiled step overlaps the writing of the batch
+    before it. An exception in compute is raised here, in order."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="step") as ahead:
+        future: Future | None = None
+        for item in items:
+            following = ahead.submit(compute, item)
+            if future is not None:
+                yield future.result()
+            future = following
+        if future is not None:
+            yield future.result()
 
 
 def _rate(images: float, seconds: float) -> float | None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import LoadError, load_example, make_dataset, open_image
+from pipeline.data import Bases, LoadError, load_example, make_dataset, open_image
 
 BIG = 10**9
 
@@ -130,11 +130,23 @@ def _png_bytes() -> bytes:
 
 def test_load_example_resizes_and_keeps_overlay_base(tmp_path):
     path = _save(_rgb(400, 300), tmp_path / "a.png")
-    image, base, base_hw, orig_hw, ok, err = load_example(path, (32, 48), 1, 100, BIG)
+    image, base, orig_hw, ok, err = load_example(path, (32, 48), 1, 100, BIG)
     assert ok and err == b""
     assert image.shape == (32, 48, 1) and image.dtype == np.uint8
-    assert tuple(orig_hw) == (300, 400) and tuple(base_hw) == (75, 100)
-    assert base.shape == (100, 100, 3) and base[75:].max() == 0  # padding stays black
+    assert tuple(orig_hw) == (300, 400)
+    assert base.mode == "RGB" and base.size == (100, 75)  # longest side capped, aspect kept
+    assert load_example(path, (32, 48), 1, 0, BIG)[1] is None  # no overlays: no base
+
+
+def test_dataset_hands_overlay_bases_beside_the_batches(tmp_path):
+    paths = [_save(_rgb(60, 40), tmp_path / "a.png"), str(tmp_path / "missing.png")]
+    bases = Bases()
+    batch = next(iter(make_dataset(paths, None, (16, 16), 3, 2, base_side=30, bases=bases)))
+    assert batch["ok"].numpy().tolist() == [True, False]
+    assert "base" not in batch and len(bases) == 1  # the failed row has none
+    assert bases.pop(0).size == (30, 20) and bases.pop(1) is None and len(bases) == 0
+    with pytest.raises(ValueError, match="Bases"):
+        make_dataset(paths, None, (16, 16), 3, 2, base_side=30)
 
 
 def test_dataset_keeps_order_and_marks_bad_rows(tmp_path):

@@ -198,10 +198,32 @@ def test_bad_values_fail_before_any_work(audit, override, message, tmp_path):
 def test_overlay_is_jet_of_the_map_blended_with_alpha():
     from pipeline.outputs import blend_overlay, jet_lut
 
-    base = np.full((20, 30, 3), 100, np.uint8)
+    base = Image.new("RGB", (30, 20), (100, 100, 100))
     heat = np.zeros((8, 8), np.float32)
     heat[:, 4:] = 1.0  # left half cold, right half hot
     out = np.asarray(blend_overlay(base, heat, 0.4)).astype(int)
     assert out.shape == (20, 30, 3)
     np.testing.assert_allclose(out[10, 1], np.round(0.6 * 100 + 0.4 * jet_lut()[0]), atol=1)
     np.testing.assert_allclose(out[10, 28], np.round(0.6 * 100 + 0.4 * jet_lut()[255]), atol=1)
+
+
+def test_one_ahead_keeps_order_overlaps_and_raises_in_place():
+    import threading
+
+    from pipeline.run import one_ahead
+
+    started = {i: threading.Event() for i in range(4)}
+
+    def compute(i: int) -> int:
+        started[i].set()
+        if i == 2:
+            raise ValueError("bad item 2")
+        return i * 10
+
+    results = []
+    with pytest.raises(ValueError, match="bad item 2"):
+        for value in one_ahead(compute, range(4)):
+            # while the caller holds item i, item i+1 is already being computed
+            assert started[value // 10 + 1].wait(timeout=10)
+            results.append(value)
+    assert results == [0, 10]  # the failure surfaces in order, after the items before it
