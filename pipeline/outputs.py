@@ -106,24 +106,18 @@ def save_heatmap(path: Path, heatmap: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-_JET_PALETTE = jet_lut().ravel().tolist()
-
-
-def blend_overlay(base: Image.Image, heat: np.ndarray, alpha: float) -> Image.Image:
-    """Map (H,W) in [0,1], resized onto the RGB base and jet-coloured:
-    (1-alpha)*base + alpha*jet(map). The map is resized as one 8-bit channel, then coloured
-    through a palette (three times less resizing than an RGB map, all in Pillow's C code)."""
-    levels = np.round(np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8)
-    gray = Image.fromarray(levels, "L").resize(base.size, Image.BILINEAR)
-    gray.putpalette(_JET_PALETTE)  # L -> P: each level indexes the jet table
-    return Image.blend(base, gray.convert("RGB"), alpha)
+def blend_overlay(base: Image.Image, colour: np.ndarray, alpha: float) -> Image.Image:
+    """The jet-coloured map (H,W,3) uint8, resized onto the RGB base:
+    (1-alpha)*base + alpha*colour."""
+    coloured = Image.fromarray(colour, "RGB").resize(base.size, Image.BILINEAR)
+    return Image.blend(base, coloured, alpha)
 
 
 def save_overlay(
-    path: Path, base: Image.Image, heat: np.ndarray, alpha: float, quality: int
+    path: Path, base: Image.Image, colour: np.ndarray, alpha: float, quality: int
 ) -> None:
     """The overlay as a JPEG."""
-    image = blend_overlay(base, heat, alpha)
+    image = blend_overlay(base, colour, alpha)
     atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=quality))
 
 

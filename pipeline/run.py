@@ -446,7 +446,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
                             save_overlay,
                             overlay_dir / f"{stem}.jpg",
                             batch_bases[rows[i]],
-                            res["map_input"][i],
+                            res["colour"][i],
                             cfg.overlays.alpha,
                             cfg.overlays.quality,
                         )

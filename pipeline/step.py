@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from pipeline.cam.base import CamMethod, first_component
 from pipeline.model import LoadedModel, guided_model
+from pipeline.outputs import jet_lut
 from pipeline.stats import attention_stats
 
 TARGET_PRED = -1  # target codes baked into the step: pred, label, or a class index >= 0
@@ -92,6 +93,7 @@ def build_step(
     head, tail, full, prep = loaded.head, loaded.tail, loaded.full, loaded.preprocess
     forward = make_forward(loaded)
     guided = guided_model(loaded) if method.guided else None
+    jet = tf.constant(jet_lut())  # (256,3) uint8
 
     def pick_targets(preds: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:  # (B,) int32
         if target in (TARGET_PRED, TARGET_TOPK):  # topk: rank 0 first, the others follow
@@ -153,12 +155,14 @@ def build_step(
             maps = tf.math.divide_no_nan(mean, tf.reduce_max(mean, axis=(1, 2))[:, None, None])
         up = tf.image.resize(maps[..., None], (h, w), method="bilinear")[..., 0]  # (B,H,W)
         up = tf.clip_by_value(up, 0.0, 1.0)
+        levels = tf.cast(tf.round(up * 255.0), tf.int32)  # (B,H,W) in 0..255
         result = {
             "target_index": targets,
             "target_score": tf.gather(outputs, targets, batch_dims=1),
             "cam_max": cam_max,
             "map": maps,
             "map_input": up,
+            "colour": tf.gather(jet, levels),  # (B,H,W,3) uint8: jet(map), for the overlay
             **attention_stats(up, boxes, box_valid, coarse=maps),
         }
         if guided is not None:  # guided backpropagation to the input, times the map

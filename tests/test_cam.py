@@ -66,6 +66,23 @@ def test_batch_of_n_equals_n_batches_of_one(model_files):
             np.testing.assert_allclose(whole[key][i], alone[key][0], atol=1e-5, err_msg=key)
 
 
+def test_step_upsamples_and_colours_the_maps(model_files):
+    """map_input is the bilinear upsampling of the normalised map, and colour is its jet
+    colouring, both from the compiled step."""
+    from pipeline.outputs import jet_lut
+
+    loaded = _load(model_files["rgb"])
+    res = _run_step(loaded, _images(5, seed=2), np.full(5, -1), target=TARGET_PRED)
+    up = tf.image.resize(res["map"][..., None], (SIZE, SIZE), method="bilinear").numpy()[..., 0]
+    np.testing.assert_allclose(res["map_input"], np.clip(up, 0, 1), atol=1e-6)
+    assert res["colour"].shape == (5, SIZE, SIZE, 3) and res["colour"].dtype == np.uint8
+    levels = np.round(res["map_input"] * 255).astype(int)
+    np.testing.assert_array_equal(res["colour"], jet_lut()[levels])
+    peaks = res["map"].max(axis=(1, 2))
+    assert np.all((peaks == 1.0) | (peaks == 0.0))  # each map normalised to its own maximum
+    assert (peaks == 1.0).sum() >= 3 and res["colour"].std() > 0
+
+
 def test_probs_score_explains_softmax_output(model_files):
     """model.score=probs differentiates the softmax output, not the logits."""
     loaded = _load(model_files["rgb"], score="probs")

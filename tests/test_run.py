@@ -199,9 +199,9 @@ def test_overlay_is_jet_of_the_map_blended_with_alpha():
     from pipeline.outputs import blend_overlay, jet_lut
 
     base = Image.new("RGB", (30, 20), (100, 100, 100))
-    heat = np.zeros((8, 8), np.float32)
-    heat[:, 4:] = 1.0  # left half cold, right half hot
-    out = np.asarray(blend_overlay(base, heat, 0.4)).astype(int)
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[:, :4], colour[:, 4:] = jet_lut()[0], jet_lut()[255]  # left cold, right hot
+    out = np.asarray(blend_overlay(base, colour, 0.4)).astype(int)
     assert out.shape == (20, 30, 3)
     np.testing.assert_allclose(out[10, 1], np.round(0.6 * 100 + 0.4 * jet_lut()[0]), atol=1)
     np.testing.assert_allclose(out[10, 28], np.round(0.6 * 100 + 0.4 * jet_lut()[255]), atol=1)
