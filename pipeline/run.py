@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import platform
 import re
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 PENDING_BATCHES = 2  # batches whose files may still be in flight before their rows are written
 T = TypeVar("T")
 R = TypeVar("R")
+WRITER_NICE = 10  # writer threads' priority below the compute threads' (Linux)
 PER_IMAGE = {"topk_index", "topk_score", "pred_index", "pred_score"}  # the same for every rank
 
 
@@ -349,7 +352,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
     )
     boxes_px = table[BOX_COLUMNS].to_numpy(np.float64)  # (N,4)
     stems = [safe_name(r, i) for r, i in zip(table["row"], table["id"])]
-    pool = ThreadPoolExecutor(max_workers=max(1, cfg.writer_threads), thread_name_prefix="writer")
+    pool = writer_pool(cfg.writer_threads)
     pending: deque[tuple[int, pa.Table, list[Future]]] = deque()
     chunk_tables: dict[int, list[pa.Table]] = {}
     start = time.perf_counter()
@@ -500,6 +503,26 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
         bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
     timing.update(compute_seconds=time.perf_counter() - start, computed_rows=len(todo))
+
+
+def _yield_to_compute() -> None:
+    """Lower the calling thread's priority by WRITER_NICE (Linux: nice is per thread)."""
+    if not sys.platform.startswith("linux"):  # elsewhere a thread id is not a PRIO_PROCESS id
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + WRITER_NICE)
+    except OSError as exc:  # e.g. a sandbox that forbids it: run at normal priority
+        log.debug("writer threads keep their priority: %s", exc)
+
+
+def writer_pool(threads: int) -> ThreadPoolExecutor:
+    """Threads for the files. On Linux they run at a lower priority, so when the cores are
+    busy the compiled step keeps them and the writers fill the gaps; on a 2-core machine
+    that lifted throughput by about a tenth (scripts/benchmark.py)."""
+    return ThreadPoolExecutor(
+        max_workers=max(1, threads), thread_name_prefix="writer", initializer=_yield_to_compute
+    )
 
 
 def one_ahead(compute: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:

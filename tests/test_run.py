@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -227,3 +228,20 @@ def test_one_ahead_keeps_order_overlaps_and_raises_in_place():
             assert started[value // 10 + 1].wait(timeout=10)
             results.append(value)
     assert results == [0, 10]  # the failure surfaces in order, after the items before it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_writer_threads_yield_to_the_compute_threads():
+    import os
+    import threading
+
+    from pipeline.run import WRITER_NICE, writer_pool
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = nice()
+    with writer_pool(2) as pool:
+        theirs = pool.submit(nice).result()
+    assert theirs == min(19, mine + WRITER_NICE)
+    assert nice() == mine  # the calling thread keeps its priority
