@@ -38,14 +38,19 @@ def attention_stats(
     h, w = tf.shape(maps)[1], tf.shape(maps)[2]
     xs = (tf.cast(tf.range(w), tf.float32) + 0.5) / tf.cast(w, tf.float32)  # (w,)
     ys = (tf.cast(tf.range(h), tf.float32) + 0.5) / tf.cast(h, tf.float32)  # (h,)
-    gx, gy = xs[None, None, :], ys[None, :, None]  # broadcast to (B,h,w)
-
-    mass = tf.reduce_sum(maps, axis=(1, 2))  # (B,)
+    # Sums over the map with separable weights come from its row and column marginals, so
+    # each statistic costs one pass over the (B,h,w) maps at most.
+    cols = tf.reduce_sum(maps, axis=1)  # (B,w)
+    rows = tf.reduce_sum(maps, axis=2)  # (B,h)
+    mass = tf.reduce_sum(cols, axis=1)  # (B,)
     has_mass = mass > 0
-    p = tf.math.divide_no_nan(maps, mass[:, None, None])  # (B,h,w), sums to 1 (or all 0)
     cells = tf.cast(h * w, tf.float32)
-    plogp = tf.where(p > 0, p * tf.math.log(tf.where(p > 0, p, 1.0)), 0.0)
-    entropy = tf.math.divide_no_nan(-tf.reduce_sum(plogp, axis=(1, 2)), tf.math.log(cells))
+    # entropy of p = maps/mass: -sum p log p = log(mass) - sum(m log m)/mass
+    mlogm = tf.reduce_sum(maps * tf.math.log(tf.where(maps > 0, maps, 1.0)), axis=(1, 2))
+    entropy = tf.math.divide_no_nan(
+        tf.math.log(tf.where(has_mass, mass, 1.0)) - tf.math.divide_no_nan(mlogm, mass),
+        tf.math.log(cells),
+    )
 
     peak_map = maps if coarse is None else tf.convert_to_tensor(coarse, tf.float32)
     ph, pw = tf.shape(peak_map)[1], tf.shape(peak_map)[2]
@@ -54,15 +59,27 @@ def attention_stats(
     )
     peak_x = (tf.cast(flat_peak % pw, tf.float32) + 0.5) / tf.cast(pw, tf.float32)
     peak_y = (tf.cast(flat_peak // pw, tf.float32) + 0.5) / tf.cast(ph, tf.float32)
-    cx = tf.reduce_sum(p * gx, axis=(1, 2))
-    cy = tf.reduce_sum(p * gy, axis=(1, 2))
-    var = tf.reduce_sum(p * ((gx - cx[:, None, None]) ** 2 + (gy - cy[:, None, None]) ** 2), (1, 2))
-    border = tf.cast(
-        (gx < BORDER) | (gx > 1 - BORDER) | (gy < BORDER) | (gy > 1 - BORDER), tf.float32
+    px = tf.math.divide_no_nan(cols, mass[:, None])  # (B,w): the mass's distribution over x
+    py = tf.math.divide_no_nan(rows, mass[:, None])  # (B,h)
+    cx = tf.reduce_sum(px * xs, axis=1)
+    cy = tf.reduce_sum(py * ys, axis=1)
+    var = tf.reduce_sum(px * (xs - cx[:, None]) ** 2, 1) + tf.reduce_sum(
+        py * (ys - cy[:, None]) ** 2, 1
     )
 
-    x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))  # (B,1,1) each
-    inside = tf.cast((gx >= x0) & (gx <= x1) & (gy >= y0) & (gy <= y1), tf.float32)  # (B,h,w)
+    def mass_in(in_x: tf.Tensor, in_y: tf.Tensor) -> tf.Tensor:
+        """Share of each map's mass where in_x (B,w) and in_y (B,h) are both 1: (B,)."""
+        by_row = tf.einsum("bhw,bw->bh", maps, in_x)  # (B,h)
+        return tf.math.divide_no_nan(tf.reduce_sum(by_row * in_y, axis=1), mass)
+
+    b = tf.shape(maps)[0]
+    interior_x = tf.cast((xs >= BORDER) & (xs <= 1 - BORDER), tf.float32)  # (w,)
+    interior_y = tf.cast((ys >= BORDER) & (ys <= 1 - BORDER), tf.float32)  # (h,)
+    interior = mass_in(tf.tile(interior_x[None], [b, 1]), tf.tile(interior_y[None], [b, 1]))
+    x0, y0, x1, y1 = (boxes[:, i, None] for i in range(4))  # (B,1) each
+    in_box = mass_in(
+        tf.cast((xs >= x0) & (xs <= x1), tf.float32), tf.cast((ys >= y0) & (ys <= y1), tf.float32)
+    )
     hit = (
         (peak_x >= boxes[:, 0])
         & (peak_x <= boxes[:, 2])
@@ -79,7 +96,7 @@ def attention_stats(
         return tf.where(has_mass & box_valid, t, nan)
 
     return {
-        "cam_mean": tf.reduce_mean(maps, axis=(1, 2)),
+        "cam_mean": mass / cells,
         "cam_entropy": massed(entropy),
         "peak_x": massed(peak_x),
         "peak_y": massed(peak_y),
@@ -87,7 +104,7 @@ def attention_stats(
         "centroid_y": massed(cy),
         "spread": massed(tf.sqrt(tf.maximum(var, 0.0))),
         "coverage": tf.reduce_mean(tf.cast(maps > 0.5, tf.float32), axis=(1, 2)),
-        "border_fraction": massed(tf.reduce_sum(p * border, axis=(1, 2))),
-        "energy_in_box": boxed(tf.reduce_sum(p * inside, axis=(1, 2))),
+        "border_fraction": massed(tf.maximum(1.0 - interior, 0.0)),
+        "energy_in_box": boxed(in_box),
         "pointing_hit": boxed(tf.cast(hit, tf.float32)),
     }

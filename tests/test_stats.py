@@ -103,3 +103,39 @@ def test_peak_taken_on_coarse_map_cell_centre():
     res = attention_stats(up, np.zeros((1, 4), np.float32), np.zeros(1, bool), coarse=coarse)
     assert float(res["peak_x"][0]) == pytest.approx(0.5 / 7)
     assert float(res["peak_y"][0]) == pytest.approx(3.5 / 7)
+
+
+def _reference(m: np.ndarray, box: np.ndarray, valid: bool) -> dict[str, float]:
+    """The definitions, pixel by pixel in float64, for one map (h,w)."""
+    h, w = m.shape
+    gy, gx = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
+    mass = m.sum()
+    p = m / mass
+    nz = p[p > 0]
+    cx, cy = (p * gx).sum(), (p * gy).sum()
+    border = (gx < 1 / 8) | (gx > 7 / 8) | (gy < 1 / 8) | (gy > 7 / 8)
+    inside = (gx >= box[0]) & (gx <= box[2]) & (gy >= box[1]) & (gy <= box[3])
+    return {
+        "cam_mean": m.mean(),
+        "cam_entropy": -(nz * np.log(nz)).sum() / np.log(h * w),
+        "centroid_x": cx,
+        "centroid_y": cy,
+        "spread": np.sqrt((p * ((gx - cx) ** 2 + (gy - cy) ** 2)).sum()),
+        "coverage": (m > 0.5).mean(),
+        "border_fraction": p[border].sum(),
+        "energy_in_box": p[inside].sum() if valid else np.nan,
+    }
+
+
+def test_random_maps_match_the_pixel_by_pixel_definitions():
+    rng = np.random.default_rng(4)
+    maps = (rng.random((6, 40, 56)) ** 3).astype(np.float32)
+    maps[1, :, :30] = 0  # mass on one side only
+    maps[2] = np.where(rng.random((40, 56)) > 0.97, 1.0, 0.0)  # sparse
+    corners = rng.random((6, 2, 2))
+    boxes = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1).astype(np.float32)
+    valid = np.array([True, True, True, False, True, True])
+    got = {k: v.numpy() for k, v in attention_stats(maps, boxes, valid).items()}
+    for i in range(len(maps)):
+        for key, expected in _reference(maps[i].astype(np.float64), boxes[i], valid[i]).items():
+            np.testing.assert_allclose(got[key][i], expected, atol=2e-6, err_msg=f"{key}, map {i}")
