@@ -425,7 +425,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat",
         type=int,
-        default=3,
+        default=5,
         help="rounds of inference + pipeline; the median round is reported (noisy machines)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp folder and outputs")
