@@ -172,6 +172,16 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def custom_model(model_path: Path, manifest: Path) -> list[str]:
+    """Overrides that audit `manifest` with a fixture model file, pixels scaled to [0,1]."""
+    return [
+        "model=custom",
+        f"model.path={model_path}",
+        "model.preprocess=unit",
+        f"data.manifest={manifest}",
+    ]
+
+
 def write_csv(path: Path, header: str, rows: list[str]) -> Path:
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     return path

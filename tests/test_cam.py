@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from conftest import N_CLASSES, SIZE, reference_gradcam, tiny_cnn, write_csv
+from conftest import N_CLASSES, SIZE, custom_model, reference_gradcam, tiny_cnn, write_csv
 from PIL import Image
 
 from pipeline.cam import get_method
@@ -148,10 +148,7 @@ def test_pipeline_heatmaps_match_reference_including_short_last_batch(
         [f"{p.name and 'images/' + p.name},{lab}" for p, lab in zip(paths, labels)],
     )
     cfg = make_cfg(
-        "model=custom",
-        f"model.path={model_files['rgb']}",
-        "model.preprocess=unit",
-        f"data.manifest={manifest}",
+        *custom_model(model_files["rgb"], manifest),
         "batch_size=4",
         "target=label",
     )
@@ -207,10 +204,7 @@ def test_target_topk_explains_each_top_class_in_its_own_row(
         tmp_path / "m.csv", "path", [f"images/{p.name}" for p in paths] + ["images/missing.png"]
     )
     cfg = make_cfg(
-        "model=custom",
-        f"model.path={model_files['rgb']}",
-        "model.preprocess=unit",
-        f"data.manifest={manifest}",
+        *custom_model(model_files["rgb"], manifest),
         "batch_size=4",
         "target=topk",
         "model.topk=3",

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import custom_model
 from PIL import Image
 
 
@@ -119,10 +120,7 @@ def test_corpus_runs_to_completion_with_specific_rows(tmp_path, model_files):
             sys.executable,
             "-m",
             "pipeline",
-            "model=custom",
-            f"model.path={model_files['rgb']}",
-            "model.preprocess=unit",
-            f"data.manifest={manifest}",
+            *custom_model(model_files["rgb"], manifest),
             f"output_dir={out}",
             "batch_size=4",
             "max_error_rate=1.0",

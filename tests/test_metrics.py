@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SIZE, compose_cfg
+from conftest import SIZE, compose_cfg, custom_model
 
 from pipeline.cam import get_method
 from pipeline.config import ConfigError
@@ -109,10 +109,7 @@ def test_metrics_columns_in_summary_and_class_table(model_files, tmp_path, image
     cfg = compose_cfg(
         f"output_dir={tmp_path / 'o'}",
         "progress=false",
-        "model=custom",
-        f"model.path={model_files['rgb']}",
-        "model.preprocess=unit",
-        f"data.manifest={manifest}",
+        *custom_model(model_files["rgb"], manifest),
         "metrics.names=[deletion,insertion]",
         "metrics.steps=4",
     )

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SIZE, noise_pngs, run_cli, write_csv
+from conftest import SIZE, custom_model, noise_pngs, run_cli, write_csv
 
 from pipeline.config import ConfigError
 from pipeline.faults import ENV
@@ -42,10 +42,7 @@ def dataset(tmp_path):
 
 def _args(model_files, manifest, out, *extra):
     return [
-        "model=custom",
-        f"model.path={model_files['rgb']}",
-        "model.preprocess=unit",
-        f"data.manifest={manifest}",
+        *custom_model(model_files["rgb"], manifest),
         "batch_size=4",
         "chunk_batches=2",
         "progress=false",

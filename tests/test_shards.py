@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import noise_pngs, write_csv
+from conftest import custom_model, noise_pngs, write_csv
 from conftest import run_cli as cli
 
 from pipeline.config import ConfigError
@@ -30,10 +30,7 @@ def dataset(tmp_path):
 
 def _args(model_files, manifest, *extra):
     return [
-        "model=custom",
-        f"model.path={model_files['rgb']}",
-        "model.preprocess=unit",
-        f"data.manifest={manifest}",
+        *custom_model(model_files["rgb"], manifest),
         "batch_size=4",
         "max_error_rate=0.1",
         "chunk_batches=1",
