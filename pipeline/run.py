@@ -325,6 +325,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
         jit_compile=cfg.jit_compile,
         aug_smooth=cfg.cam.aug_smooth,
         eigen_smooth=cfg.cam.eigen_smooth,
+        colour=cfg.overlays.enabled,
     )
     heat_dir, overlay_dir = out / "heatmaps", out / "overlays"
     base_side = cfg.overlays.max_side if cfg.overlays.enabled else 0

@@ -79,8 +79,11 @@ def build_step(
     jit_compile: bool = False,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
+    colour: bool = True,
 ) -> Callable[..., dict[str, tf.Tensor]]:
     """One tf.function for a whole batch; batch size may vary without retracing.
+
+    With colour, the outputs include the jet-coloured map at input size (for the overlays).
 
     Inputs: images (B,H,W,C) uint8, labels (B,) int32 (-1: none), boxes (B,4) float32 in [0,1],
     box_valid (B,) bool. Outputs: a dict of batched tensors (see the return statement). With a
@@ -155,16 +158,16 @@ def build_step(
             maps = tf.math.divide_no_nan(mean, tf.reduce_max(mean, axis=(1, 2))[:, None, None])
         up = tf.image.resize(maps[..., None], (h, w), method="bilinear")[..., 0]  # (B,H,W)
         up = tf.clip_by_value(up, 0.0, 1.0)
-        levels = tf.cast(tf.round(up * 255.0), tf.int32)  # (B,H,W) in 0..255
         result = {
             "target_index": targets,
             "target_score": tf.gather(outputs, targets, batch_dims=1),
             "cam_max": cam_max,
             "map": maps,
             "map_input": up,
-            "colour": tf.gather(jet, levels),  # (B,H,W,3) uint8: jet(map), for the overlay
             **attention_stats(up, boxes, box_valid, coarse=maps),
         }
+        if colour:  # jet(map) (B,H,W,3) uint8: a lookup of each level 0..255
+            result["colour"] = tf.gather(jet, tf.cast(tf.round(up * 255.0), tf.int32))
         if guided is not None:  # guided backpropagation to the input, times the map
             with tf.GradientTape(watch_accessed_variables=False) as gtape:
                 gtape.watch(x)

@@ -81,6 +81,10 @@ def test_step_upsamples_and_colours_the_maps(model_files):
     peaks = res["map"].max(axis=(1, 2))
     assert np.all((peaks == 1.0) | (peaks == 0.0))  # each map normalised to its own maximum
     assert (peaks == 1.0).sum() >= 3 and res["colour"].std() > 0
+    plain = build_step(loaded, get_method("gradcam"), 3, TARGET_PRED, colour=False)
+    assert "colour" not in plain(
+        _images(2), np.full(2, -1, np.int32), np.zeros((2, 4), np.float32), np.zeros(2, bool)
+    )
 
 
 def test_probs_score_explains_softmax_output(model_files):
