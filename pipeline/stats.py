@@ -72,10 +72,11 @@ def attention_stats(
         by_row = tf.einsum("bhw,bw->bh", maps, in_x)  # (B,h)
         return tf.math.divide_no_nan(tf.reduce_sum(by_row * in_y, axis=1), mass)
 
-    b = tf.shape(maps)[0]
     interior_x = tf.cast((xs >= BORDER) & (xs <= 1 - BORDER), tf.float32)  # (w,)
     interior_y = tf.cast((ys >= BORDER) & (ys <= 1 - BORDER), tf.float32)  # (h,)
-    interior = mass_in(tf.tile(interior_x[None], [b, 1]), tf.tile(interior_y[None], [b, 1]))
+    interior = mass_in(
+        tf.broadcast_to(interior_x, tf.shape(cols)), tf.broadcast_to(interior_y, tf.shape(rows))
+    )
     x0, y0, x1, y1 = (boxes[:, i, None] for i in range(4))  # (B,1) each
     in_box = mass_in(
         tf.cast((xs >= x0) & (xs <= x1), tf.float32), tf.cast((ys >= y0) & (ys <= y1), tf.float32)
