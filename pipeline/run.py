@@ -37,7 +37,7 @@ from pipeline.outputs import (
     write_json,
 )
 from pipeline.resume import check_writable, fingerprint, is_complete, mark_complete, prepare
-from pipeline.shards import shard_dir, shard_rows
+from pipeline.shards import check_shard, shard_dir, shard_rows
 
 log = logging.getLogger(__name__)
 PENDING_BATCHES = 2  # batches whose files may still be in flight before their rows are written
@@ -141,11 +141,7 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"devices={cfg.devices!r}; expected auto or all")
     if cfg.precision not in ("float32", "mixed_float16"):
         raise ConfigError(f"precision={cfg.precision!r}; expected float32 or mixed_float16")
-    if cfg.shard.count < 1 or not 0 <= cfg.shard.index < cfg.shard.count:
-        raise ConfigError(
-            f"shard.index={cfg.shard.index} with shard.count={cfg.shard.count}; "
-            "expected 0 <= index < count"
-        )
+    check_shard(cfg.shard.count, cfg.shard.index)
     from pipeline.metrics import check_names
 
     check_names(list(cfg.metrics.names))

@@ -19,6 +19,14 @@ SHARDS = "shards"
 _NAME = re.compile(r"^(\d+)-of-(\d+)$")
 
 
+def check_shard(count: int, index: int) -> None:
+    """ConfigError unless 0 <= index < count."""
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(
+            f"shard.index={index} with shard.count={count}; expected 0 <= index < count"
+        )
+
+
 def shard_rows(n_rows: int, count: int, index: int, block: int = 1) -> np.ndarray:
     """The manifest rows shard `index` of `count` owns: every count-th block of rows.
 
@@ -26,10 +34,7 @@ def shard_rows(n_rows: int, count: int, index: int, block: int = 1) -> np.ndarra
     the batches a single process would, and its results are bit-identical. The split depends
     only on row numbers and the config: any machine computes the same one.
     """
-    if count < 1 or not 0 <= index < count:
-        raise ConfigError(
-            f"shard.index={index} with shard.count={count}; expected 0 <= index < count"
-        )
+    check_shard(count, index)
     rows = np.arange(n_rows, dtype=np.int64)
     return rows[(rows // block) % count == index]
 

@@ -188,6 +188,7 @@ def test_target_label_without_label_is_an_error_row(audit):
         ("model.layer=gap", "4-D"),
         ("report.group_by=labels", "report.group_by"),
         ("max_error_rate=2", "max_error_rate"),
+        ("shard.index=1", "shard.index=1 with shard.count=1"),
     ],
 )
 def test_bad_values_fail_before_any_work(audit, override, message, tmp_path):
