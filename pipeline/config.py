@@ -86,6 +86,23 @@ class ReportConfig:
 
 
 @dataclass
+class StatsConfig:
+    pointing_tolerance: float = 15.0  # pointing game: a hit when the peak lies within this
+    # many pixels of the original image from the box (TorchRay's 15 px); 0: inside the box
+
+
+@dataclass
+class StrategiesConfig:
+    enabled: bool = True  # cluster each class's maps into attention strategies (SpRAy-style)
+    min_class_n: int = 20  # classes with fewer ok rows are not clustered (cluster = -1)
+    max_clusters: int = 8  # the eigengap chooses the number of clusters in [1, max_clusters]
+    grid: int = 16  # maps are area-pooled to grid x grid and L1-normalised before clustering
+    neighbors: int = 10  # k of the symmetric k-nearest-neighbour graph
+    examples: int = 6  # most typical members listed (and shown) per cluster
+    virelay: bool = False  # also export the analysis for the ViRelAy viewer (extra [virelay])
+
+
+@dataclass
 class MetricsConfig:
     names: list[str] = field(default_factory=list)  # deletion, insertion, drop_in_confidence,
     # increase_in_confidence: faithfulness of the maps, per image (off by default: they cost
@@ -113,6 +130,8 @@ class Config:
     overlays: OverlaysConfig = field(default_factory=OverlaysConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    strategies: StrategiesConfig = field(default_factory=StrategiesConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)

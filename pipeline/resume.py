@@ -29,6 +29,7 @@ VOLATILE = {
     "resume",
     "max_error_rate",
     "report",
+    "strategies",
     "merge",
     "devices",
     "jit_compile",
