@@ -107,6 +107,13 @@ def normalise_boxes(
     return norm, valid, warnings
 
 
+def normalise_tolerance(tolerance: float, orig_hw: np.ndarray) -> np.ndarray:
+    """The pointing game's tolerance in original-image pixels + image sizes (B,2) = (h,w) ->
+    the tolerance as a share of each image's (width, height): (B,2) float32."""
+    w_h = np.maximum(orig_hw[:, ::-1].astype(np.float64), 1.0)  # (B,2); 1 where nothing loaded
+    return (tolerance / w_h).astype(np.float32)
+
+
 def _join(*messages: str | None) -> str | None:
     parts = [m for m in messages if m]
     return "; ".join(parts) if parts else None
@@ -149,6 +156,11 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"metrics.steps={cfg.metrics.steps}; expected a positive integer")
     if cfg.report.group_by not in ("target", "label"):
         raise ConfigError(f"report.group_by={cfg.report.group_by!r}; expected target or label")
+    if cfg.stats.pointing_tolerance < 0:
+        raise ConfigError(
+            f"stats.pointing_tolerance={cfg.stats.pointing_tolerance}; expected a value >= 0 "
+            "(pixels of the original image)"
+        )
     if not 0.0 <= cfg.max_error_rate <= 1.0:
         raise ConfigError(f"max_error_rate={cfg.max_error_rate}; expected a value in [0, 1]")
 
@@ -348,6 +360,7 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
         bases=bases,
     )
     boxes_px = table[BOX_COLUMNS].to_numpy(np.float64)  # (N,4)
+    tolerance_px = float(cfg.stats.pointing_tolerance)
     stems = [safe_name(r, i) for r, i in zip(table["row"], table["id"])]
     pool = writer_pool(cfg.writer_threads)
     pending: deque[tuple[int, pa.Table, list[Future]]] = deque()
@@ -382,7 +395,8 @@ def _audit(cfg, table, loaded, method, code, store, out, strategy, timing: dict)
         orig_hw = batch["orig_hw"].numpy()
         labels = label_index[rows]
         boxes, box_valid, box_warnings = normalise_boxes(boxes_px[rows], orig_hw, ok)
-        out_t = step(batch["image"], labels, boxes, box_valid)
+        tolerance = normalise_tolerance(tolerance_px, orig_hw)  # (B,2)
+        out_t = step(batch["image"], labels, boxes, box_valid, tolerance)
         if faithfulness is not None:
             per_rank = [
                 faithfulness(

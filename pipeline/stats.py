@@ -23,18 +23,28 @@ STAT_COLUMNS = (
 
 
 def attention_stats(
-    maps: tf.Tensor, boxes: tf.Tensor, box_valid: tf.Tensor, coarse: tf.Tensor | None = None
+    maps: tf.Tensor,
+    boxes: tf.Tensor,
+    box_valid: tf.Tensor,
+    tolerance: tf.Tensor | None = None,
+    coarse: tf.Tensor | None = None,
 ) -> dict[str, tf.Tensor]:
     """Per-image statistics of maps (B,h,w) in [0,1], boxes (B,4) = x0,y0,x1,y1 in [0,1].
 
     Coordinates are pixel centres in [0,1] of width/height. The peak is taken on `coarse` (B,h',w')
     when given (the map at the layer's resolution, whose upsampled plateaus would otherwise pull
     an edge peak to the image edge), else on `maps`. Mass-based statistics are NaN for an
-    all-zero map; box statistics are NaN where box_valid is False. pointing_hit is 1.0/0.0/NaN.
+    all-zero map; box statistics are NaN where box_valid is False. pointing_hit is 1.0/0.0/NaN:
+    a hit when the peak lies within `tolerance` (B,2) = the pointing game's tolerance divided by
+    each image's own (width, height) of the box, i.e. within that many original-image pixels
+    (Euclidean); zeros or None: inside the box only.
     """
     maps = tf.convert_to_tensor(maps, tf.float32)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     box_valid = tf.convert_to_tensor(box_valid, tf.bool)
+    if tolerance is None:
+        tolerance = tf.zeros((tf.shape(maps)[0], 2), tf.float32)
+    tolerance = tf.convert_to_tensor(tolerance, tf.float32)  # (B,2)
     h, w = tf.shape(maps)[1], tf.shape(maps)[2]
     xs = (tf.cast(tf.range(w), tf.float32) + 0.5) / tf.cast(w, tf.float32)  # (w,)
     ys = (tf.cast(tf.range(h), tf.float32) + 0.5) / tf.cast(h, tf.float32)  # (h,)
@@ -81,12 +91,7 @@ def attention_stats(
     in_box = mass_in(
         tf.cast((xs >= x0) & (xs <= x1), tf.float32), tf.cast((ys >= y0) & (ys <= y1), tf.float32)
     )
-    hit = (
-        (peak_x >= boxes[:, 0])
-        & (peak_x <= boxes[:, 2])
-        & (peak_y >= boxes[:, 1])
-        & (peak_y <= boxes[:, 3])
-    )
+    hit = pointing_hit(tf.stack([peak_x, peak_y], axis=1), boxes, tolerance)
 
     nan = tf.fill(tf.shape(mass), math.nan)
 
@@ -109,3 +114,19 @@ def attention_stats(
         "energy_in_box": boxed(in_box),
         "pointing_hit": boxed(tf.cast(hit, tf.float32)),
     }
+
+
+def pointing_hit(peak: tf.Tensor, boxes: tf.Tensor, tolerance: tf.Tensor) -> tf.Tensor:
+    """The pointing game: is each peak (B,2) within the ellipse tolerance (B,2) of its box (B,4)?
+
+    All in [0,1] of each image's width and height; the tolerance is tol/W, tol/H, so the test is
+    the Euclidean distance in original-image pixels to the box (0 inside) <= tol. (B,) bool.
+    """
+    below = boxes[:, 0:2] - peak  # (B,2): > 0 when the peak is left of / above the box
+    above = peak - boxes[:, 2:4]  # (B,2): > 0 when it is right of / below the box
+    gap = tf.maximum(tf.maximum(below, above), 0.0)  # (B,2) dx, dy; 0 inside on that axis
+    inside = tf.reduce_all(gap <= 0.0, axis=1)  # (B,)
+    positive = tf.reduce_all(tolerance > 0.0, axis=1)  # (B,): tolerance 0 means inside only
+    scaled = gap / tf.where(tolerance > 0.0, tolerance, 1.0)  # (B,2) dx/tx, dy/ty
+    near = positive & (tf.reduce_sum(scaled**2, axis=1) <= 1.0)  # (B,)
+    return inside | near

@@ -86,8 +86,10 @@ def build_step(
     With colour, the outputs include the jet-coloured map at input size (for the overlays).
 
     Inputs: images (B,H,W,C) uint8, labels (B,) int32 (-1: none), boxes (B,4) float32 in [0,1],
-    box_valid (B,) bool. Outputs: a dict of batched tensors (see the return statement). With a
-    strategy, each batch is split over its replicas and the results gathered in order.
+    box_valid (B,) bool, tolerance (B,2) float32: the pointing game's tolerance in pixels divided
+    by each image's original (width, height). Outputs: a dict of batched tensors (see the return
+    statement). With a strategy, each batch is split over its replicas and the results gathered
+    in order.
     """
     h, w = loaded.input_size
     c = loaded.channels
@@ -110,6 +112,7 @@ def build_step(
         tf.TensorSpec((None,), tf.int32),
         tf.TensorSpec((None, 4), tf.float32),
         tf.TensorSpec((None,), tf.bool),
+        tf.TensorSpec((None, 2), tf.float32),
     ]
 
     def cam(pixels, labels, targets=None):
@@ -141,7 +144,7 @@ def build_step(
             raw = method(acts, grads)  # (B,h',w')
         return raw, x, outputs, topk_score, topk_index, targets
 
-    def explain(pixels, labels, boxes, box_valid, raw, x, outputs, targets):
+    def explain(pixels, labels, boxes, box_valid, tolerance, raw, x, outputs, targets):
         """Everything that depends on the one class each image's map explains."""
         cam_max = tf.reduce_max(raw, axis=(1, 2))  # (B,)
         maps = tf.math.divide_no_nan(raw, cam_max[:, None, None])  # all-zero stays zero
@@ -164,7 +167,7 @@ def build_step(
             "cam_max": cam_max,
             "map": maps,
             "map_input": up,
-            **attention_stats(up, boxes, box_valid, coarse=maps),
+            **attention_stats(up, boxes, box_valid, tolerance, coarse=maps),
         }
         if colour:  # jet(map) (B,H,W,3) uint8: a lookup of each level 0..255
             result["colour"] = tf.gather(jet, tf.cast(tf.round(up * 255.0), tf.int32))
@@ -178,7 +181,7 @@ def build_step(
             result["guided"] = gtape.gradient(gtarget, x) * up[..., None]  # (B,H,W,C)
         return result
 
-    def step(images, labels, boxes, box_valid):
+    def step(images, labels, boxes, box_valid, tolerance):
         pixels = tf.cast(images, tf.float32)
         raw, x, outputs, topk_score, topk_index, targets = cam(pixels, labels)
         common = {
@@ -187,15 +190,14 @@ def build_step(
             "pred_index": topk_index[:, 0],
             "pred_score": topk_score[:, 0],
         }
-        first = explain(pixels, labels, boxes, box_valid, raw, x, outputs, targets)
+        box_args = (boxes, box_valid, tolerance)
+        first = explain(pixels, labels, *box_args, raw, x, outputs, targets)
         if target != TARGET_TOPK:
             return {**common, **first}
         ranks = [first]  # target=topk: one map per top class, stacked on axis 1: (B,K,...)
         for r in range(1, k):
             raw_r = cam(pixels, labels, topk_index[:, r])[0]
-            ranks.append(
-                explain(pixels, labels, boxes, box_valid, raw_r, x, outputs, topk_index[:, r])
-            )
+            ranks.append(explain(pixels, labels, *box_args, raw_r, x, outputs, topk_index[:, r]))
         return {**common, **{key: tf.stack([p[key] for p in ranks], axis=1) for key in first}}
 
     if strategy is None or strategy.num_replicas_in_sync == 1:
@@ -213,7 +215,7 @@ def _distributed(
     inner = tf.function(step, jit_compile=jit_compile)
 
     @tf.function(input_signature=signature, reduce_retracing=True)
-    def run(images, labels, boxes, box_valid):
+    def run(images, labels, boxes, box_valid, tolerance):
         b = tf.shape(images)[0]
         per = (b + n - 1) // n
         pad = per * n - b
@@ -222,6 +224,7 @@ def _distributed(
             tf.pad(labels, [[0, pad]], constant_values=-1),
             tf.pad(boxes, [[0, pad], [0, 0]]),
             tf.pad(box_valid, [[0, pad]]),
+            tf.pad(tolerance, [[0, pad], [0, 0]]),
         ]
 
         def slice_for(ctx, tensor):

@@ -115,6 +115,11 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+def no_boxes(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The step's box inputs for n images without boxes: boxes, box_valid, tolerance."""
+    return np.zeros((n, 4), np.float32), np.zeros(n, bool), np.zeros((n, 2), np.float32)
+
+
 # ----------------------------------------------------------------------------- images
 
 

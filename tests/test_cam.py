@@ -7,7 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from conftest import N_CLASSES, SIZE, custom_model, reference_gradcam, tiny_cnn, write_csv
+from conftest import (
+    N_CLASSES,
+    SIZE,
+    custom_model,
+    no_boxes,
+    reference_gradcam,
+    tiny_cnn,
+    write_csv,
+)
 from PIL import Image
 
 from pipeline.cam import get_method
@@ -30,12 +38,7 @@ def _images(n: int, seed: int = 0, channels: int = 3) -> np.ndarray:
 def _run_step(loaded, images, labels, target=TARGET_LABEL):
     step = build_step(loaded, get_method("gradcam"), 3, target)
     n = len(images)
-    return {
-        k: v.numpy()
-        for k, v in step(
-            images, labels.astype(np.int32), np.zeros((n, 4), np.float32), np.zeros(n, bool)
-        ).items()
-    }
+    return {k: v.numpy() for k, v in step(images, labels.astype(np.int32), *no_boxes(n)).items()}
 
 
 @pytest.mark.parametrize("name", ["rgb", "softmax_layer", "linear", "gray", "rgb_h5"])
@@ -82,9 +85,7 @@ def test_step_upsamples_and_colours_the_maps(model_files):
     assert np.all((peaks == 1.0) | (peaks == 0.0))  # each map normalised to its own maximum
     assert (peaks == 1.0).sum() >= 3 and res["colour"].std() > 0
     plain = build_step(loaded, get_method("gradcam"), 3, TARGET_PRED, colour=False)
-    assert "colour" not in plain(
-        _images(2), np.full(2, -1, np.int32), np.zeros((2, 4), np.float32), np.zeros(2, bool)
-    )
+    assert "colour" not in plain(_images(2), np.full(2, -1, np.int32), *no_boxes(2))
 
 
 def test_probs_score_explains_softmax_output(model_files):

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import N_CLASSES, SIZE, compose_cfg
+from conftest import N_CLASSES, SIZE, compose_cfg, no_boxes
 
 from pipeline.cam import METHODS, get_method
 from pipeline.model import load_model
@@ -77,9 +77,7 @@ def test_method_matches_paper_formula_and_is_batch_independent(model_files, name
 
     def maps(idx):
         n = len(idx)
-        return step(images[idx], labels[idx], np.zeros((n, 4), np.float32), np.zeros(n, bool))[
-            "map"
-        ].numpy()
+        return step(images[idx], labels[idx], *no_boxes(n))["map"].numpy()
 
     batch = maps(list(range(9)))
     model = keras.models.load_model(model_files["rgb"])
@@ -102,7 +100,7 @@ def test_scorecam_matches_per_image_definition(model_files):
     step = build_step(loaded, method, 3, TARGET_LABEL)
     images = _images(5, seed=6)
     labels = (np.arange(5) % N_CLASSES).astype(np.int32)
-    batch = step(images, labels, np.zeros((5, 4), np.float32), np.zeros(5, bool))["map"].numpy()
+    batch = step(images, labels, *no_boxes(5))["map"].numpy()
     model = keras.models.load_model(model_files["rgb"])
     features = keras.Model(model.inputs, model.get_layer("last_conv").output)
     for i in range(5):
@@ -118,7 +116,7 @@ def test_scorecam_matches_per_image_definition(model_files):
         cam = np.maximum((a[..., keep] * w).sum(-1), 0)
         ref = cam / cam.max() if cam.max() > 0 else cam
         np.testing.assert_allclose(batch[i], ref, atol=1e-4, err_msg=f"image {i}")
-    alone = step(images[:1], labels[:1], np.zeros((1, 4), np.float32), np.zeros(1, bool))
+    alone = step(images[:1], labels[:1], *no_boxes(1))
     np.testing.assert_allclose(alone["map"].numpy()[0], batch[0], atol=1e-5)
 
 
@@ -168,7 +166,7 @@ def test_model_randomisation_sanity_check(model_files, tmp_path):
                 "custom", str(path), None, "last_conv", "unit", None, "logits", None
             )
             step = build_step(loaded, get_method(name), 3, TARGET_LABEL)
-            out = step(images, labels, np.zeros((6, 4), np.float32), np.zeros(6, bool))
+            out = step(images, labels, *no_boxes(6))
             maps.append(out["map"].numpy())
         report[name] = float(np.mean([_spearman(a, b) for a, b in zip(*maps)]))
     print("rank correlation trained vs randomised:", report)
@@ -185,7 +183,7 @@ def test_guided_gradcam_matches_manual_guided_backprop(model_files, tmp_path):
     step = build_step(loaded, get_method("guided_gradcam"), 3, TARGET_LABEL)
     images = _images(3, seed=12)
     labels = np.array([0, 1, 2], np.int32)
-    out = step(images, labels, np.zeros((3, 4), np.float32), np.zeros(3, bool))
+    out = step(images, labels, *no_boxes(3))
     model = keras.models.load_model(model_files["rgb"])
     w1, b1 = model.get_layer("conv1").get_weights()
     w2, b2 = model.get_layer("last_conv").get_weights()
@@ -218,7 +216,7 @@ def test_eigen_smooth_is_first_component_of_contributions(model_files):
     step = build_step(loaded, get_method("gradcam"), 3, TARGET_LABEL, eigen_smooth=True)
     images = _images(4, seed=14)
     labels = np.arange(4, dtype=np.int32)
-    got = step(images, labels, np.zeros((4, 4), np.float32), np.zeros(4, bool))["map"].numpy()
+    got = step(images, labels, *no_boxes(4))["map"].numpy()
     model = keras.models.load_model(model_files["rgb"])
     for i in range(4):
         a, g = acts_and_grads(model, images[i] / 255.0, int(labels[i]))
@@ -241,7 +239,7 @@ def test_aug_smooth_averages_flipped_and_brightened_maps(model_files):
     plain = build_step(loaded, **kwargs)
     images = _images(3, seed=15)
     labels = np.arange(3, dtype=np.int32)
-    zeros = (np.zeros((3, 4), np.float32), np.zeros(3, bool))
+    zeros = no_boxes(3)
     got = smooth(images, labels, *zeros)["map"].numpy()
     total = 0
     for flip in (False, True):

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SIZE, compose_cfg, custom_model
+from conftest import SIZE, compose_cfg, custom_model, no_boxes
 
 from pipeline.cam import get_method
 from pipeline.config import ConfigError
@@ -84,7 +84,7 @@ def test_real_maps_beat_random_maps(tmp_path):
     labels, _ = resolve_labels(table["label"], loaded.class_names)
     step = build_step(loaded, get_method("gradcam"), 3, TARGET_LABEL)
     n = len(images)
-    res = step(images, labels.astype(np.int32), np.zeros((n, 4), np.float32), np.zeros(n, bool))
+    res = step(images, labels.astype(np.int32), *no_boxes(n))
     real = res["map_input"].numpy()
     # random maps of the same shape: another image's real map (the objects sit elsewhere)
     random = np.roll(real, 1, axis=0)

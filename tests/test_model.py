@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import N_CLASSES, SIZE
+from conftest import N_CLASSES, SIZE, no_boxes
 
 from pipeline.cam import get_method
 from pipeline.config import ConfigError
@@ -171,7 +171,7 @@ def test_presets_build_offline_and_auto_agrees(preset):
     assert loaded.output_activation == "softmax"
     step = build_step(loaded, get_method("gradcam"), 5, TARGET_PRED)
     images = np.random.default_rng(0).integers(0, 256, (2, side, side, 3), dtype=np.uint8)
-    res = step(images, np.full(2, -1, np.int32), np.zeros((2, 4), np.float32), np.zeros(2, bool))
+    res = step(images, np.full(2, -1, np.int32), *no_boxes(2))
     assert res["map_input"].shape == (2, side, side)
     assert np.isfinite(res["map"].numpy()).all() and res["topk_index"].shape == (2, 5)
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from pipeline.config import ConfigError
 from pipeline.outputs import SUMMARY_SCHEMA, safe_name
-from pipeline.run import run
+from pipeline.run import normalise_tolerance, run
 
 REQUIRED = (
     "id path status error label label_index pred_index pred_label pred_score topk_index "
@@ -188,6 +188,7 @@ def test_target_label_without_label_is_an_error_row(audit):
         ("model.layer=gap", "4-D"),
         ("report.group_by=labels", "report.group_by"),
         ("max_error_rate=2", "max_error_rate"),
+        ("stats.pointing_tolerance=-1", "stats.pointing_tolerance=-1.0; expected a value >= 0"),
         ("shard.index=1", "shard.index=1 with shard.count=1"),
     ],
 )
@@ -261,3 +262,46 @@ def test_writer_threads_yield_to_the_compute_threads():
         theirs = pool.submit(nice).result()
     assert theirs == min(19, mine + WRITER_NICE)
     assert nice() == mine  # the calling thread keeps its priority
+
+
+def test_tolerance_is_normalised_by_each_images_own_width_and_height():
+    orig_hw = np.array([[40, 160], [300, 30], [0, 0]])  # (h, w); the last image did not load
+    got = normalise_tolerance(15.0, orig_hw)
+    np.testing.assert_allclose(got, [[15 / 160, 15 / 40], [15 / 30, 15 / 300], [15, 15]])
+    assert got.dtype == np.float32 and not normalise_tolerance(0.0, orig_hw).any()
+
+
+def test_pointing_hit_follows_the_tolerance_in_original_pixels(
+    tmp_path, image_folder, model_files, make_cfg
+):
+    """64x48 images, each with a small box at a set distance (original pixels) from its map's
+    peak, along x or y: the pointing column follows stats.pointing_tolerance (default 15)."""
+    paths = image_folder(8, seed=7, size=(64, 48))
+    audit = ["model=custom", f"model.path={model_files['rgb']}", "model.preprocess=unit"]
+    audit += ["report.enabled=false", "overlays.enabled=false", "heatmaps.enabled=false"]
+
+    def summary(manifest, name, *overrides):
+        cfg = make_cfg(*audit, f"data.manifest={manifest}", *overrides)
+        return cfg, pd.read_parquet(run(cfg, tmp_path / name).output_dir / "summary.parquet")
+
+    plain = write_csv(tmp_path / "plain.csv", "path", [f"images/{p.name}" for p in paths])
+    peaks = summary(plain, "peaks")[1]
+    x, y = peaks["peak_x"] * 64, peaks["peak_y"] * 48  # the peaks in original pixels
+    # (axis, distance): a 2x2 px box that far from the peak, on the side towards the centre;
+    # 18 px along x and 13 px along y tell a tolerance normalised by the wrong side (20, 11 px)
+    offsets = [("x", 0), ("x", 10), ("x", 18), ("y", 10), ("y", 13), ("y", 18), ("x", 30)]
+    offsets.append(("y", 0))
+    rows = []
+    for path, px, py, (axis, d) in zip(paths, x, y, offsets):
+        sx, sy = (1 if px < 32 else -1, 0) if axis == "x" else (0, 1 if py < 24 else -1)
+        cx, cy = px + sx * (d + 1), py + sy * (d + 1)  # box centre: its near edge d px away
+        rows.append(f"images/{path.name},{cx - 1},{cy - 1},{cx + 1},{cy + 1}")
+    boxed = write_csv(tmp_path / "boxed.csv", "path,x0,y0,x1,y1", rows)
+    distance = np.array([d for _, d in offsets])
+    for tolerance in (None, 0, 12, 1000):
+        overrides = [] if tolerance is None else [f"stats.pointing_tolerance={tolerance}"]
+        cfg, s = summary(boxed, f"out{tolerance}", *overrides)
+        assert cfg.stats.pointing_tolerance == (15.0 if tolerance is None else tolerance)
+        np.testing.assert_array_equal(s[["peak_x", "peak_y"]], peaks[["peak_x", "peak_y"]])
+        expected = distance <= cfg.stats.pointing_tolerance
+        np.testing.assert_array_equal(s["pointing_hit"].astype(bool), expected, str(tolerance))

@@ -139,3 +139,64 @@ def test_random_maps_match_the_pixel_by_pixel_definitions():
     for i in range(len(maps)):
         for key, expected in _reference(maps[i].astype(np.float64), boxes[i], valid[i]).items():
             np.testing.assert_allclose(got[key][i], expected, atol=2e-6, err_msg=f"{key}, map {i}")
+
+
+# The pointing game in original-image pixels. A 4x8 map on a 160x40 image (width != height):
+# each cell is 20 px wide and 10 px high, so the peak of cell (row 1, column 2) is at
+# (50, 15) px. Boxes are (x0, y0, x1, y1) in pixels.
+W, H = 160, 40
+PEAK_CELL = (1, 2)
+
+
+def hit_at(box_px, tolerance_px: float) -> float:
+    m = np.zeros((1, 4, 8), np.float32)
+    m[0, PEAK_CELL[0], PEAK_CELL[1]] = 1.0
+    box = np.array([box_px], np.float32) / np.array([W, H, W, H], np.float32)
+    tol = np.array([[tolerance_px / W, tolerance_px / H]], np.float32)
+    res = attention_stats(m, box, np.array([True]), tol)
+    assert float(res["peak_x"][0]) * W == pytest.approx(50) and float(res["peak_y"][0]) * H == 15
+    return float(res["pointing_hit"][0])
+
+
+@pytest.mark.parametrize(
+    "box,tolerance,expected",
+    [
+        ((60, 0, 100, 30), 15, 1.0),  # 10 px right of the peak: within 15 px
+        ((60, 0, 100, 30), 5, 0.0),  # ... not within 5
+        ((60, 0, 100, 30), 0, 0.0),  # ... nor inside (tolerance 0: no division by zero)
+        ((0, 0, 40, 30), 15, 1.0),  # 10 px left
+        ((0, 0, 40, 30), 5, 0.0),
+        ((30, 25, 100, 40), 15, 1.0),  # 10 px below: y is normalised by the height, not width
+        ((30, 25, 100, 40), 5, 0.0),
+        ((30, 0, 100, 5), 15, 1.0),  # 10 px above
+        ((30, 0, 100, 5), 5, 0.0),
+        ((40, 10, 60, 20), 0, 1.0),  # inside: a hit at tolerance 0
+        ((50, 15, 60, 20), 0, 1.0),  # on the box's corner counts as inside
+        ((58, 23, 100, 40), 12, 1.0),  # diagonal: dx = dy = 8 px, distance 11.31
+        ((58, 23, 100, 40), 11, 0.0),  # ... beyond 11 px although each axis is within 11
+    ],
+)
+def test_pointing_hit_within_tolerance_in_original_pixels(box, tolerance, expected):
+    assert hit_at(box, tolerance) == expected
+
+
+def test_pointing_tolerance_is_per_image():
+    """One batch: the same map and box, each image its own size and tolerance."""
+    maps = np.zeros((4, 4, 8), np.float32)
+    maps[:, 1, 2] = 1.0  # peak at x = 2.5/8, y = 1.5/4 of each image
+    boxes = np.tile(np.array([[0.375, 0.0, 0.625, 0.75]], np.float32), (4, 1))  # right of it
+    sizes = np.array([[160, 40], [160, 40], [40, 160], [40, 160]], np.float32)  # (W,H)
+    tol_px = np.array([15, 5, 5, 1], np.float32)  # dx is 10 px (W=160) or 2.5 px (W=40)
+    res = attention_stats(maps, boxes, np.ones(4, bool), tol_px[:, None] / sizes)
+    np.testing.assert_array_equal(res["pointing_hit"].numpy(), [1.0, 0.0, 1.0, 0.0])
+
+
+def test_pointing_without_tolerance_is_inside_only():
+    m = np.zeros((8, 8))
+    m[2, 5] = 1.0  # peak at (5.5/8, 2.5/8)
+    near = (0.0, 0.0, 0.65, 1.0)  # just left of the peak
+    assert stats_of(m, box=near)["pointing_hit"] == 0.0
+    res = attention_stats(
+        m[None].astype(np.float32), np.array([near], np.float32), np.ones(1, bool), np.zeros((1, 2))
+    )
+    assert float(res["pointing_hit"][0]) == 0.0
