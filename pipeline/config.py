@@ -99,6 +99,14 @@ class StrategiesConfig:
     grid: int = 16  # maps are area-pooled to grid x grid and L1-normalised before clustering
     neighbors: int = 10  # k of the symmetric k-nearest-neighbour graph
     examples: int = 6  # most typical members listed (and shown) per cluster
+    min_cluster_n: int = 5  # smaller clusters are listed but never flagged
+    weak_evidence: float = 0.25  # clusters whose median cam_max is below this share of the
+    # class's are not flagged: a map normalised from almost no gradient is noise
+    fixed_spread: float = 0.05  # peak spread (share of the image side) of a fixed-spot cluster
+    min_gap: float = 0.15  # least excess of border mass (or lack of in-box mass) over chance
+    # and over the class's other clusters
+    tight: float = 0.35  # a tight cluster's radius is below this share of the others' ...
+    apart: float = 4.0  # ... and its nearest other cluster is this many radii away
     virelay: bool = False  # also export the analysis for the ViRelAy viewer (extra [virelay])
 
 

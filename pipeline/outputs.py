@@ -61,8 +61,10 @@ SUMMARY_SCHEMA = pa.schema(
         ("insertion_auc", pa.float32()),
         ("drop_in_confidence", pa.float32()),
         ("increase_in_confidence", pa.float32()),
+        ("cluster", pa.int32()),  # strategy cluster within the class; filled by the report
     ]
 )
+DEFAULTS = {"cluster": -1}  # columns the batch loop leaves to later stages
 
 
 def jet_lut() -> np.ndarray:
@@ -142,6 +144,15 @@ def save_guided(path: Path, guided: np.ndarray) -> None:
     atomic_write(path.with_suffix(".png"), lambda tmp: image.save(tmp, format="PNG"))
 
 
+def jet_png(heat: np.ndarray, path: Path, side: int = 192) -> None:
+    """A [0,1] map as a jet-coloured PNG, scaled so its maximum is red."""
+    top = float(heat.max()) if heat.size else 0.0
+    norm = heat / top if top > 0 else heat
+    rgb = jet_lut()[np.round(np.clip(norm, 0, 1) * 255).astype(np.int64)]  # (h,w,3)
+    image = Image.fromarray(rgb).resize((side, side), Image.BILINEAR)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
 def write_json(path: Path, payload: dict) -> None:
     """Pretty JSON, atomically."""
     text = json.dumps(payload, indent=2, sort_keys=False, default=str)
@@ -154,7 +165,9 @@ def summary_table(columns: dict[str, list | np.ndarray]) -> pa.Table:
     arrays = []
     for field in SUMMARY_SCHEMA:
         values = columns.get(field.name)
-        if values is None:
+        if values is None and field.name in DEFAULTS:
+            arrays.append(pa.array([DEFAULTS[field.name]] * n, type=field.type))
+        elif values is None:
             arrays.append(pa.nulls(n, field.type))
         else:
             arrays.append(pa.array(values, type=field.type, from_pandas=True))

@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.config import ConfigError, ReportConfig
-from pipeline.outputs import atomic_write, jet_lut, safe_name, save_heatmap
+from pipeline.aggregate import aggregate
+from pipeline.clusters import StrategyAudit, strategy_audit
+from pipeline.config import ConfigError, ReportConfig, StrategiesConfig
+from pipeline.flags import class_flags
+from pipeline.outputs import atomic_write, jet_png, safe_name, save_heatmap
 
 log = logging.getLogger(__name__)
-
-STATS = ("energy_in_box", "pointing_hit", "border_fraction", "cam_entropy", "coverage")
-FAITHFULNESS = ("deletion_auc", "insertion_auc", "drop_in_confidence", "increase_in_confidence")
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Audit:
     groups: pd.DataFrame | None
     confusion: pd.DataFrame | None
     headline: dict = field(default_factory=dict)
+    strategies: StrategyAudit | None = None
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -76,119 +77,6 @@ def _key(summary: pd.DataFrame, group_by: str) -> pd.Series:
 # ----------------------------------------------------------------------------- statistics
 
 
-def _aggregate(ok: pd.DataFrame, key: pd.Series, extra: list[str]) -> pd.DataFrame:
-    """Per class (key) and extra columns: n, accuracy and the attention statistics.
-
-    Attention statistics are grouped by `key` (explained class or label); accuracy always by the
-    true label: the share of a class's labelled images that were predicted right.
-    """
-    frame = ok.assign(
-        _k=key.loc[ok.index].astype(int),
-        correct=ok["correct"].astype("float64"),
-        pointing_hit=ok["pointing_hit"].astype("float64"),
-    )
-    grouped = frame.groupby(["_k", *extra], sort=True)
-    table = pd.DataFrame({"n": grouped.size()})
-    labelled = frame[frame["label_index"].notna()]
-    by_label = labelled.assign(_k=labelled["label_index"].astype(int)).groupby(["_k", *extra])
-    table = table.join(
-        pd.DataFrame({"n_labelled": by_label.size(), "accuracy": by_label["correct"].mean()}),
-        how="outer",
-    )
-    table["n"] = table["n"].fillna(0).astype(int)
-    table["n_labelled"] = table["n_labelled"].fillna(0).astype(int)
-    table["pred_score_mean"] = grouped["pred_score"].mean()
-    for stat in STATS:
-        table[f"{stat}_mean"] = grouped[stat].mean()
-        table[f"{stat}_median"] = grouped[stat].median()
-    for col in FAITHFULNESS:  # present when the run computed them
-        if col in frame.columns and frame[col].notna().any():
-            table[f"{col}_mean"] = grouped[col].mean()
-    for point in ("centroid", "peak"):  # where the attention sits across the class's images
-        var = grouped[f"{point}_x"].var(ddof=0) + grouped[f"{point}_y"].var(ddof=0)
-        table[f"{point}_spread"] = np.sqrt(var)
-        table[f"{point}_x_mean"] = grouped[f"{point}_x"].mean()
-        table[f"{point}_y_mean"] = grouped[f"{point}_y"].mean()
-    return table
-
-
-def _robust_outliers(values: pd.Series, eligible: pd.Series, cfg: ReportConfig) -> pd.DataFrame:
-    """Leave-one-out robust z-score of each class against the other eligible classes."""
-    rows = []
-    for cls, value in values.items():
-        others = values[eligible & (values.index != cls)].dropna()
-        if pd.isna(value) or len(others) < 2 or not eligible[cls]:
-            rows.append((cls, np.nan, np.nan))
-            continue
-        med = float(others.median())
-        mad = max(1.4826 * float((others - med).abs().median()), cfg.mad_floor)
-        rows.append((cls, (value - med) / mad, med))
-    return pd.DataFrame(rows, columns=["cls", "z", "others"]).set_index("cls")
-
-
-def _flags(classes: pd.DataFrame, cfg: ReportConfig) -> tuple[list[bool], list[list[str]]]:
-    """Shortcut flags per class: off-object, border and fixed-location attention."""
-    eligible = classes["n"] >= cfg.min_class_n
-    reasons: dict[int, list[str]] = {c: [] for c in classes.index}
-    checks = [
-        (
-            "energy_in_box_mean",
-            -1,
-            cfg.min_gap,
-            "attention off the object: {v:.0%} of the map inside the box vs {o:.0%} for other "
-            "classes (robust z {z:.1f})",
-        ),
-        (
-            "pointing_hit_mean",
-            -1,
-            cfg.min_gap,
-            "attention off the object: the peak is inside the box in {v:.0%} of images vs {o:.0%} "
-            "for other classes (robust z {z:.1f})",
-        ),
-        (
-            "border_fraction_mean",
-            +1,
-            cfg.min_gap,
-            "attention on the image border: {v:.0%} of the map in the outer eighth vs {o:.0%} for "
-            "other classes (robust z {z:+.1f})",
-        ),
-        (
-            "peak_spread",
-            -1,
-            cfg.fixed_min_gap,
-            "attention fixed in one place: the peak sits at ({x:.2f}, {y:.2f}) in nearly every "
-            "image, spread {v:.3f} vs {o:.3f} for other classes (robust z {z:.1f})",
-        ),
-    ]
-    for column, sign, gap, text in checks:
-        z = _robust_outliers(classes[column], eligible, cfg)
-        for cls in classes.index:
-            zc, others = z.loc[cls, "z"], z.loc[cls, "others"]
-            value = classes.loc[cls, column]
-            if pd.isna(zc) or sign * zc < cfg.z_threshold or sign * (value - others) < gap:
-                continue
-            if column == "peak_spread" and classes.loc[cls, "pointing_hit_mean"] >= 0.5:
-                continue  # a fixed place on the object: the objects themselves sit still
-            reasons[cls].append(
-                text.format(
-                    v=value,
-                    o=others,
-                    z=zc,
-                    x=classes.loc[cls, "peak_x_mean"],
-                    y=classes.loc[cls, "peak_y_mean"],
-                )
-            )
-    outside = classes.get("mean_map_outside_boxes")
-    if outside is not None:
-        for cls in classes.index:
-            if reasons[cls] and pd.notna(outside[cls]) and outside[cls] >= 0.5:
-                reasons[cls].append(
-                    f"{outside[cls]:.0%} of the class's mean map lies outside all of its boxes"
-                )
-    order = list(classes.index)
-    return [bool(reasons[c]) for c in order], [reasons[c] for c in order]
-
-
 # ----------------------------------------------------------------------------- mean maps
 
 
@@ -200,15 +88,6 @@ def _load_map(path: Path, size: tuple[int, int]) -> np.ndarray | None:
     if heat.shape != size:
         heat = np.asarray(Image.fromarray(heat, "F").resize(size[::-1], Image.BILINEAR))
     return np.clip(heat, 0.0, 1.0)
-
-
-def jet_png(heat: np.ndarray, path: Path, side: int = 192) -> None:
-    """A [0,1] map as a jet-coloured PNG, scaled so its maximum is red."""
-    top = float(heat.max()) if heat.size else 0.0
-    norm = heat / top if top > 0 else heat
-    rgb = jet_lut()[np.round(np.clip(norm, 0, 1) * 255).astype(np.int64)]  # (h,w,3)
-    image = Image.fromarray(rgb).resize((side, side), Image.BILINEAR)
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _mean_maps(
@@ -285,7 +164,7 @@ def class_audit(
     ok = summary[(summary["status"] == "ok") & key.notna()]
     present = pd.concat([summary[c] for c in ("label_index", "pred_index", "target_index")])
     index = sorted(int(i) for i in present.dropna().unique())
-    stats = _aggregate(ok, key, [])
+    stats = aggregate(ok, key, [])
     classes = stats.reindex(index)
     classes.index.name = "class_index"
     classes["n"] = classes["n"].fillna(0).astype(int)
@@ -298,9 +177,10 @@ def class_audit(
     )
     maps = _mean_maps(ok, key, out, input_size, names)
     classes = classes.join(maps)
-    flagged, reasons = _flags(classes, cfg)
-    classes["flagged"] = flagged
+    reasons = class_flags(classes, cfg)
+    classes["flagged"] = [bool(r) for r in reasons]
     classes["flag_reasons"] = reasons
+    flagged = classes["flagged"].tolist()
     classes["examples"] = [
         _examples(ok, key, c, cfg.examples) if f else [] for c, f in zip(classes.index, flagged)
     ]
@@ -312,7 +192,7 @@ def group_audit(summary: pd.DataFrame, cfg: ReportConfig, names: dict[int, str])
     """Per (class, group) statistics and the gaps between a class's groups."""
     key = _key(summary, cfg.group_by)
     ok = summary[(summary["status"] == "ok") & key.notna() & summary["group"].notna()]
-    table = _aggregate(ok, key, ["group"]).reset_index()
+    table = aggregate(ok, key, ["group"]).reset_index()
     table = table.rename(columns={"_k": "class_index"})
     table.insert(0, "class", [names.get(c, str(c)) for c in table["class_index"]])
     attention = (
@@ -363,8 +243,14 @@ def _write_parquet(table: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
 
 
-def build_audit(output_dir: str | Path, cfg: ReportConfig) -> Audit:
-    """Write classes.parquet, groups.parquet, confusion.parquet, the mean maps and report.html."""
+def build_audit(
+    output_dir: str | Path,
+    cfg: ReportConfig,
+    strategies: StrategiesConfig | None = None,
+    seed: int = 0,
+) -> Audit:
+    """Write the strategy clusters (summary's cluster column, clusters.parquet), classes.parquet,
+    groups.parquet, confusion.parquet, the mean maps and report.html."""
     from pipeline.report_html import write_html
 
     out = Path(output_dir)
@@ -373,7 +259,19 @@ def build_audit(output_dir: str | Path, cfg: ReportConfig) -> Audit:
     size = tuple(record.get("model", {}).get("input_size") or ())
     if len(size) != 2:
         size = _guess_size(summary, out)
-    classes = class_audit(summary, out, cfg, names, size)
+    found = strategy_audit(
+        summary,
+        _key(summary, cfg.group_by),
+        out,
+        strategies or StrategiesConfig(),
+        seed,
+        names,
+        size,
+    )
+    summary["cluster"] = found.cluster
+    _write_cluster_column(out / "summary.parquet", found.cluster)
+    _write_parquet(found.clusters, out / "clusters.parquet")
+    classes = join_strategies(class_audit(summary, out, cfg, names, size), found)
     _write_parquet(classes, out / "classes.parquet")
     groups = None
     if summary["group"].notna().any():
@@ -397,7 +295,7 @@ def build_audit(output_dir: str | Path, cfg: ReportConfig) -> Audit:
         "layer": record.get("model", {}).get("layer"),
         "images_per_second": record.get("timing", {}).get("images_per_second"),
     }
-    audit = Audit(classes, groups, confusion, headline)
+    audit = Audit(classes, groups, confusion, headline, found)
     write_html(out, audit, summary, names)
     log.info(
         "report: %d classes, %d flagged -> %s",
@@ -406,6 +304,48 @@ def build_audit(output_dir: str | Path, cfg: ReportConfig) -> Audit:
         out / "report.html",
     )
     return audit
+
+
+def join_strategies(classes: pd.DataFrame, found: StrategyAudit) -> pd.DataFrame:
+    """n_clusters, eigengap and suspicion per class; a flagged cluster flags its class too."""
+    classes = classes.set_index("class_index")
+    classes["n_clusters"] = 0
+    classes["eigengap"] = np.nan
+    for result in found.found:
+        classes.loc[result.class_index, ["n_clusters", "eigengap"]] = (
+            result.n_clusters,
+            result.eigengap,
+        )
+    own = [1.0 + 0.5 * len(r) if r else 0.0 for r in classes["flag_reasons"]]
+    classes["suspicion"] = pd.Series(own, index=classes.index)
+    for _, c in found.clusters.iterrows():
+        cls = c["class_index"]
+        classes.loc[cls, "suspicion"] = max(classes.loc[cls, "suspicion"], c["suspicion"])
+        if not c["flagged"]:
+            continue
+        head = f"cluster {c['cluster']} ({c['share']:.0%} of the class, {c['n']} images): "
+        classes.at[cls, "flag_reasons"] = [
+            *classes.at[cls, "flag_reasons"],
+            *(head + r for r in c["flag_reasons"]),
+        ]
+        if not classes.at[cls, "flagged"]:  # flagged by its cluster: show its typical members
+            classes.at[cls, "examples"] = [*classes.at[cls, "examples"], *c["example_rows"]]
+    classes["flagged"] = [bool(r) for r in classes["flag_reasons"]]
+    classes["n_clusters"] = classes["n_clusters"].astype("int32")
+    return classes.reset_index()
+
+
+def _write_cluster_column(path: Path, cluster: np.ndarray) -> None:
+    """Fill summary.parquet's cluster column (int32, -1 where none), atomically."""
+    table = pq.read_table(path)
+    index = table.schema.get_field_index("cluster")
+    column = pa.array(cluster, pa.int32())
+    table = (
+        table.set_column(index, "cluster", column)
+        if index >= 0
+        else table.append_column("cluster", column)
+    )
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _guess_size(summary: pd.DataFrame, out: Path) -> tuple[int, int]:
@@ -418,12 +358,31 @@ def _guess_size(summary: pd.DataFrame, out: Path) -> tuple[int, int]:
     return (1, 1)
 
 
+def audit_settings(
+    config: dict, overrides: list[str] = ()
+) -> tuple[ReportConfig, StrategiesConfig, int]:
+    """The report and strategies settings and seed a run used (its saved config), then
+    `report.KEY=VALUE` / `strategies.KEY=VALUE` overrides."""
+    from omegaconf import OmegaConf  # only here: the light commands need nothing else of it
+
+    merged = []
+    for name, schema in (("report", ReportConfig), ("strategies", StrategiesConfig)):
+        base = OmegaConf.merge(OmegaConf.structured(schema), config.get(name) or {})
+        prefix = f"{name}."
+        dotlist = [o.removeprefix(prefix) for o in overrides if o.startswith(prefix)]
+        merged.append(OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))))
+    unknown = [o for o in overrides if not o.startswith(("report.", "strategies."))]
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {unknown[0]!r}; expected report.KEY=VALUE or strategies.KEY=VALUE"
+        )
+    return merged[0], merged[1], int(config.get("seed", 0))
+
+
 def main(argv: list[str] | None = None) -> None:
     """`gradcam-audit-report OUTPUT_DIR [report.key=value ...]`: rebuild the audit of a run."""
     import argparse
     import sys
-
-    from omegaconf import OmegaConf
 
     parser = argparse.ArgumentParser(
         prog="gradcam-audit-report",
@@ -431,18 +390,19 @@ def main(argv: list[str] | None = None) -> None:
         "(summary.parquet + saved maps), without TensorFlow.",
     )
     parser.add_argument("output_dir", type=Path)
-    parser.add_argument("overrides", nargs="*", help="report.KEY=VALUE, e.g. report.group_by=label")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="report.KEY=VALUE or strategies.KEY=VALUE, e.g. report.group_by=label",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        base = OmegaConf.structured(ReportConfig)
         record_path = args.output_dir / "run.json"
-        if record_path.is_file():  # the settings the run used, then the command line's
-            saved = json.loads(record_path.read_text()).get("config", {}).get("report") or {}
-            base = OmegaConf.merge(base, saved)
-        dotlist = [o.removeprefix("report.") for o in args.overrides]
-        cfg = OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist)))
-        build_audit(args.output_dir, cfg)
+        saved = (
+            json.loads(record_path.read_text()).get("config", {}) if record_path.is_file() else {}
+        )
+        build_audit(args.output_dir, *audit_settings(saved, args.overrides))
     except ConfigError as exc:
         print(f"gradcam-audit-report: error: {exc}", file=sys.stderr)
         sys.exit(2)

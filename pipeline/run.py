@@ -269,7 +269,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     if cfg.report.enabled and cfg.shard.count == 1:  # shards: the report comes with the merge
         from pipeline.report import build_audit
 
-        audit = build_audit(out, OmegaConf.to_object(cfg.report))
+        audit = build_audit(
+            out, OmegaConf.to_object(cfg.report), OmegaConf.to_object(cfg.strategies), cfg.seed
+        )
         text = _class_lines(audit.classes)
     return RunResult(
         out, len(rows), counts["ok"], counts["error"], seconds, text, error_kinds(summary["error"])

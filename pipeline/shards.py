@@ -123,19 +123,15 @@ def merge_and_report(out: Path, allow_partial: bool = False) -> tuple[int, int, 
     Returns (rows, errors, commonest error kinds, max_error_rate) for the error budget.
     """
     import pandas as pd
-    from omegaconf import OmegaConf
 
-    from pipeline.config import ReportConfig
-    from pipeline.report import build_audit
+    from pipeline.report import audit_settings, build_audit
     from pipeline.run import error_kinds
 
     merge(out, allow_partial)
     config = json.loads((out / "run.json").read_text()).get("config", {})
-    cfg = OmegaConf.to_object(
-        OmegaConf.merge(OmegaConf.structured(ReportConfig), config.get("report") or {})
-    )
-    if cfg.enabled:
-        build_audit(out, cfg)
+    report, strategies, seed = audit_settings(config)
+    if report.enabled:
+        build_audit(out, report, strategies, seed)
     summary = pd.read_parquet(out / "summary.parquet", columns=["status", "error"])
     errors = int((summary["status"] != "ok").sum())
     return len(summary), errors, error_kinds(summary["error"]), config.get("max_error_rate", 1.0)

@@ -51,6 +51,9 @@ def _case(tmp_path: Path):
             n_clusters=2,
             eigengap=0.6,
             typicality=rng.random(5).astype(np.float32),
+            radius=np.ones(2, np.float32),
+            separation=np.ones(2, np.float32),
+            mean_maps=np.zeros((2, 4, 4), np.float32),
         ),
         ClassStrategies(  # rows out of order: the export must keep each row with its own data
             class_index=2,
@@ -61,6 +64,9 @@ def _case(tmp_path: Path):
             n_clusters=3,
             eigengap=0.5,
             typicality=rng.random(4).astype(np.float32),
+            radius=np.ones(3, np.float32),
+            separation=np.ones(3, np.float32),
+            mean_maps=np.zeros((3, 4, 4), np.float32),
         ),
     ]
     return summary, maps, paths, strategies

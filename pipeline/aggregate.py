@@ -1,0 +1,56 @@
+"""Per-class (and per-cluster) statistics of summary rows: the numbers every audit table shares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+STATS = ("energy_in_box", "pointing_hit", "border_fraction", "cam_entropy", "coverage")
+FAITHFULNESS = ("deletion_auc", "insertion_auc", "drop_in_confidence", "increase_in_confidence")
+
+
+def aggregate(
+    ok: pd.DataFrame, key: pd.Series, extra: list[str], by_label: bool = True
+) -> pd.DataFrame:
+    """Per class (key) and extra columns: n, accuracy and the attention statistics.
+
+    Attention statistics are grouped by `key` (explained class or label); accuracy by the true
+    label (the share of a class's labelled images that were predicted right), or with
+    by_label=False by `key` too (a cluster's accuracy: its own labelled members').
+    """
+    frame = ok.assign(
+        _k=key.loc[ok.index].astype(int),
+        correct=ok["correct"].astype("float64"),
+        pointing_hit=ok["pointing_hit"].astype("float64"),
+    )
+    grouped = frame.groupby(["_k", *extra], sort=True)
+    table = pd.DataFrame({"n": grouped.size()})
+    labelled = frame[frame["label_index"].notna()]
+    if by_label:  # a class's accuracy: its labelled images, wherever they were explained
+        labelled = labelled.assign(_k=labelled["label_index"].astype(int))
+    grouped_labelled = labelled.groupby(["_k", *extra])
+    table = table.join(
+        pd.DataFrame(
+            {"n_labelled": grouped_labelled.size(), "accuracy": grouped_labelled["correct"].mean()}
+        ),
+        how="outer",
+    )
+    table["n"] = table["n"].fillna(0).astype(int)
+    table["n_labelled"] = table["n_labelled"].fillna(0).astype(int)
+    table["pred_score_mean"] = grouped["pred_score"].mean()
+    table["cam_max_median"] = grouped["cam_max"].median()  # how much evidence the maps carry
+    area = (frame["x1"] - frame["x0"]) * (frame["y1"] - frame["y0"])
+    box_area = (area / (frame["width"] * frame["height"])).where(frame["energy_in_box"].notna())
+    table["box_area_mean"] = box_area.groupby([frame["_k"], *[frame[e] for e in extra]]).mean()
+    for stat in STATS:
+        table[f"{stat}_mean"] = grouped[stat].mean()
+        table[f"{stat}_median"] = grouped[stat].median()
+    for col in FAITHFULNESS:  # present when the run computed them
+        if col in frame.columns and frame[col].notna().any():
+            table[f"{col}_mean"] = grouped[col].mean()
+    for point in ("centroid", "peak"):  # where the attention sits across the class's images
+        var = grouped[f"{point}_x"].var(ddof=0) + grouped[f"{point}_y"].var(ddof=0)
+        table[f"{point}_spread"] = np.sqrt(var)
+        table[f"{point}_x_mean"] = grouped[f"{point}_x"].mean()
+        table[f"{point}_y_mean"] = grouped[f"{point}_y"].mean()
+    return table

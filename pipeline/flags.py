@@ -1,0 +1,170 @@
+"""Shortcut flags for classes and their strategy clusters, each against chance and the rest.
+
+Every sign is compared with what the maps' own shape would give by chance, so a diffuse map is
+never a sign of anything: a map spread evenly puts BORDER_CHANCE of its mass in the outer eighth
+and a box's area share inside a box, and so does any map placed at random.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import ReportConfig, StrategiesConfig
+
+BORDER_CHANCE = 1.0 - (1.0 - 2.0 / 8.0) ** 2  # area of the outer eighth (stats.BORDER): 0.4375
+
+
+def _robust_outliers(values: pd.Series, eligible: pd.Series, cfg: ReportConfig) -> pd.DataFrame:
+    """Leave-one-out robust z-score of each class against the other eligible classes."""
+    rows = []
+    for cls, value in values.items():
+        others = values[eligible & (values.index != cls)].dropna()
+        if pd.isna(value) or len(others) < 2 or not eligible[cls]:
+            rows.append((cls, np.nan, np.nan))
+            continue
+        med = float(others.median())
+        mad = max(1.4826 * float((others - med).abs().median()), cfg.mad_floor)
+        rows.append((cls, (value - med) / mad, med))
+    return pd.DataFrame(rows, columns=["cls", "z", "others"]).set_index("cls")
+
+
+CLASS_CHECKS = [  # column, direction, gap key, chance test, reason
+    (
+        "energy_in_box_mean",
+        -1,
+        "min_gap",
+        lambda row: row["energy_in_box_mean"] < row["box_area_mean"],
+        "attention off the object: {v:.0%} of the map inside the box, below the {c:.0%} a map "
+        "spread evenly would put there, vs {o:.0%} for other classes (robust z {z:.1f})",
+    ),
+    (
+        "pointing_hit_mean",
+        -1,
+        "min_gap",
+        lambda row: row["pointing_hit_mean"] < 0.5,
+        "attention off the object: the peak is on the object in {v:.0%} of images vs {o:.0%} "
+        "for other classes (robust z {z:.1f})",
+    ),
+    (
+        "border_fraction_mean",
+        +1,
+        "min_gap",
+        lambda row: row["border_fraction_mean"] >= BORDER_CHANCE + 0.1,
+        "attention on the image border: {v:.0%} of the map in the outer eighth, above the "
+        "{c:.0%} a map spread evenly would put there, vs {o:.0%} for other classes "
+        "(robust z {z:+.1f})",
+    ),
+    (
+        "peak_spread",
+        -1,
+        "fixed_min_gap",
+        lambda row: not row["pointing_hit_mean"] >= 0.5,  # a fixed place on the object is fine
+        "attention fixed in one place: the peak sits at ({x:.2f}, {y:.2f}) in nearly every "
+        "image, spread {v:.3f} vs {o:.3f} for other classes (robust z {z:.1f})",
+    ),
+]
+
+
+def class_flags(classes: pd.DataFrame, cfg: ReportConfig) -> list[list[str]]:
+    """Reasons per class (in index order): outliers against the other classes and chance."""
+    eligible = classes["n"] >= cfg.min_class_n
+    reasons: dict[int, list[str]] = {c: [] for c in classes.index}
+    for column, sign, gap_key, beyond_chance, text in CLASS_CHECKS:
+        z = _robust_outliers(classes[column], eligible, cfg)
+        for cls in classes.index:
+            zc, others = z.loc[cls, "z"], z.loc[cls, "others"]
+            row = classes.loc[cls]
+            value = row[column]
+            if pd.isna(zc) or sign * zc < cfg.z_threshold:
+                continue
+            if sign * (value - others) < getattr(cfg, gap_key) or not beyond_chance(row):
+                continue
+            chance = BORDER_CHANCE if column.startswith("border") else row["box_area_mean"]
+            x, y = row["peak_x_mean"], row["peak_y_mean"]
+            reasons[cls].append(text.format(v=value, o=others, z=zc, c=chance, x=x, y=y))
+    outside = classes.get("mean_map_outside_boxes")
+    if outside is not None:
+        for cls in classes.index:
+            if reasons[cls] and pd.notna(outside[cls]) and outside[cls] >= 0.5:
+                reasons[cls].append(
+                    f"{outside[cls]:.0%} of the class's mean map lies outside all of its boxes"
+                )
+    return [reasons[c] for c in classes.index]
+
+
+def _signs(c: pd.Series, rest: pd.Series, cfg: StrategiesConfig) -> list[tuple[float, str]]:
+    """(strength, reason) of each shortcut sign of one cluster; strength >= 1 flags it.
+
+    `rest` holds the same statistics over the class's other clusters' rows.
+    """
+    signs = []
+    moves = rest["peak_spread"] >= 3 * cfg.fixed_spread
+    off_object = not c["pointing_hit_mean"] >= 0.5  # NaN without boxes: unknown, not on it
+    if moves and off_object:
+        strength = cfg.fixed_spread / max(c["peak_spread"], cfg.fixed_spread / 10)
+        signs.append(
+            (
+                strength,
+                f"its peak stays at ({c['peak_x_mean']:.2f}, {c['peak_y_mean']:.2f}) in nearly "
+                f"every image (spread {c['peak_spread']:.3f}) while the class's other images "
+                f"move (spread {rest['peak_spread']:.3f})",
+            )
+        )
+    excess = c["border_fraction_mean"] - max(BORDER_CHANCE, rest["border_fraction_mean"])
+    signs.append(
+        (
+            excess / cfg.min_gap,
+            f"{c['border_fraction_mean']:.0%} of its maps' mass lies in the outer eighth of the "
+            f"image, vs {BORDER_CHANCE:.0%} for a map spread evenly and "
+            f"{rest['border_fraction_mean']:.0%} in the class's other clusters",
+        )
+    )
+    if pd.notna(c["energy_in_box_mean"]):
+        below = min(c["box_area_mean"], rest["energy_in_box_mean"]) - c["energy_in_box_mean"]
+        signs.append(
+            (
+                below / cfg.min_gap,
+                f"only {c['energy_in_box_mean']:.0%} of its maps' mass lies on the object, vs "
+                f"{c['box_area_mean']:.0%} for a map spread evenly and "
+                f"{rest['energy_in_box_mean']:.0%} in the class's other clusters",
+            )
+        )
+    if c["separation"] > cfg.apart * c["radius"] and c["radius"] < cfg.tight * rest["radius"]:
+        signs.append(
+            (
+                cfg.tight * rest["radius"] / max(c["radius"], 1e-6) / 2,
+                f"its maps are nearly identical (radius {c['radius']:.3f} vs "
+                f"{rest['radius']:.3f} in the class's other clusters) and lie apart from the "
+                f"class's other strategies ({c['separation'] / max(c['radius'], 1e-6):.0f}x "
+                "their radius away)",
+            )
+        )
+    return signs
+
+
+def cluster_flags(clusters: pd.DataFrame, cfg: StrategiesConfig) -> pd.DataFrame:
+    """flagged, flag_reasons and suspicion (>= 1 when flagged) of every cluster row.
+
+    A cluster is eligible when it has at least min_cluster_n rows, the class has other
+    clusters to compare with, and its maps carry evidence (median cam_max at least
+    weak_evidence times the class's): a map normalised from almost nothing is noise.
+    """
+    flagged, reasons, suspicion = [], [], []
+    for _, c in clusters.iterrows():
+        rest = c["rest"]
+        eligible = (
+            rest is not None
+            and c["n"] >= cfg.min_cluster_n
+            and c["cam_max_median"] >= cfg.weak_evidence * c["class_cam_max_median"]
+        )
+        signs = _signs(c, rest, cfg) if eligible else []
+        strong = [text for strength, text in signs if strength >= 1]
+        best = max([0.0, *(s for s, _ in signs)])
+        share = float(np.sqrt(c["share"]))
+        flagged.append(bool(strong))
+        reasons.append(strong)
+        suspicion.append(max(best, 1.0) * share + 1.0 if strong else min(best, 0.99) * share)
+    return pd.DataFrame(
+        {"flagged": flagged, "flag_reasons": reasons, "suspicion": suspicion}, index=clusters.index
+    )
