@@ -8,12 +8,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
+from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
 
 from pipeline.outputs import atomic_write
 
 if TYPE_CHECKING:
     from pipeline.report import Audit
+    from pipeline.strategies import ClassStrategies
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2433;
@@ -43,6 +47,14 @@ input.filter{padding:6px 10px;border:1px solid #c5cad5;border-radius:4px;width:2
 .ok{color:#2b8a3e} .bad{color:#c92a2a} .note{color:#5b6477}
 .confusion td{min-width:34px;text-align:center}
 img.broken{outline:3px solid red}
+.strategies{margin-top:10px} .strategies h4{margin:6px 0}
+.strategy-row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+.strategy{background:#f8f9fb;border:1px solid #dde1e8;border-radius:6px;padding:8px 10px;
+max-width:640px} .strategy.flagged{background:#fff4e6;border:2px solid #d9480f}
+.strategy figure img{height:96px;max-width:140px} .strategy figcaption{max-width:140px}
+.strategy h5{margin:0 0 6px;font-size:13px} .strategy ul{margin:4px 0 8px;font-size:12px}
+.swatch{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:5px}
+svg.embedding{background:#fff;border:1px solid #dde1e8;border-radius:4px}
 """
 
 JS = """
@@ -71,7 +83,17 @@ window.addEventListener('load',()=>{
 """
 
 MATRIX_MAX = 40  # more classes than this: a table of the commonest confusions instead
+SCATTER_MAX = 1000  # at most this many of a class's maps in its 2-D picture (evenly spaced)
+TSNE_ITER = 500  # t-SNE iterations: the layout of <= 1000 maps has settled by then
+ITER = "max_iter" if "max_iter" in TSNE().get_params() else "n_iter"  # renamed in sklearn 1.5
+CLUSTER_EXAMPLES = 4  # example overlays per cluster card
+PALETTE = [  # cluster colours (matplotlib's tab10)
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+]  # fmt: skip
 CLASS_COLUMNS = [
+    ("suspicion", "suspicion", "{:.2f}"),
+    ("n_clusters", "clusters", "{:d}"),
     ("n", "n", "{:d}"),
     ("n_errors", "errors", "{:d}"),
     ("accuracy", "accuracy", "{:.1%}"),
@@ -137,47 +159,185 @@ def _headline(h: dict) -> str:
     )
 
 
+def _by_suspicion(classes: pd.DataFrame) -> pd.DataFrame:
+    """Most suspicious class first (ties keep the class order); as is for tables without it."""
+    if "suspicion" not in classes.columns:
+        return classes
+    return classes.sort_values("suspicion", ascending=False, kind="stable")
+
+
+def _overlays(rows: list[int], by_row: pd.DataFrame, limit: int | None = None) -> list[str]:
+    """Figures of the overlays of summary rows (by `row` number) that have one."""
+    figures = []
+    for example in rows:
+        if limit is not None and len(figures) >= limit:
+            break
+        if example not in by_row.index or not isinstance(by_row.loc[example, "overlay_path"], str):
+            continue
+        e = by_row.loc[example]
+        stat = (
+            f"in box {e['energy_in_box']:.2f}"
+            if pd.notna(e["energy_in_box"])
+            else f"border {e['border_fraction']:.2f}"
+        )
+        figures.append(_figure(e["overlay_path"], f"{e['id']} · {stat}", f"row {example}"))
+    return figures
+
+
 def _flagged(audit: Audit, summary: pd.DataFrame) -> str:
-    flagged = audit.classes[audit.classes["flagged"]]
+    flagged = _by_suspicion(audit.classes[audit.classes["flagged"]])
     parts = [f"<h2 id='flagged'>Flagged classes ({len(flagged)})</h2>"]
     if flagged.empty:
         parts.append(
             "<p class='ok'>No class is flagged: no class's attention sits off the object, "
-            "on the border or in one fixed place far more than the others'.</p>"
+            "on the border or in one fixed place far more than the others', and no strategy "
+            "cluster inside a class does.</p>"
         )
+    else:
+        parts.append("<p class='note'>Most suspicious first.</p>")
     by_row = summary.set_index("row")
     for _, row in flagged.iterrows():
         reasons = "".join(f"<li>{esc(r)}</li>" for r in row["flag_reasons"])
         figures = []
         if isinstance(row.get("mean_map_png"), str):
             figures.append(_figure(row["mean_map_png"], "mean map", f"mean map of {row['class']}"))
-        for example in row["examples"]:
-            if example not in by_row.index or not isinstance(
-                by_row.loc[example, "overlay_path"], str
-            ):
-                continue
-            e = by_row.loc[example]
-            stat = (
-                f"in box {e['energy_in_box']:.2f}"
-                if pd.notna(e["energy_in_box"])
-                else f"border {e['border_fraction']:.2f}"
-            )
-            figures.append(_figure(e["overlay_path"], f"{e['id']} · {stat}", f"row {example}"))
+        figures += _overlays(row["examples"], by_row)
+        suspicion = f" · suspicion {row['suspicion']:.2f}" if "suspicion" in row else ""
         parts.append(
-            f"<article class='flag'><h3>{esc(row['class'])} <span class='note'>"
-            f"(n={int(row['n'])})</span></h3><ul>{reasons}</ul>"
-            f"<div class='strip'>{''.join(figures)}</div></article>"
+            f"<article class='flag' data-class='{esc(row['class'])}'><h3>{esc(row['class'])} "
+            f"<span class='note'>(n={int(row['n'])}{suspicion})</span></h3><ul>{reasons}</ul>"
+            f"<div class='strip'>{''.join(figures)}</div>"
+            f"{_strategies(audit, int(row['class_index']), summary, by_row)}</article>"
         )
     return "".join(parts)
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+def _class_strategies(audit: Audit, cls: int) -> ClassStrategies | None:
+    """The clustering of one class, when the run clustered it."""
+    if audit.strategies is None:
+        return None
+    return next((r for r in audit.strategies.found if r.class_index == cls), None)
+
+
+def _strategies(audit: Audit, cls: int, summary: pd.DataFrame, by_row: pd.DataFrame) -> str:
+    """A flagged class's strategy clusters: one card each (flagged first) and a 2-D picture."""
+    if audit.strategies is None:  # an audit of a run from before strategies
+        return ""
+    table = audit.strategies.clusters  # empty: strategies off, or no class large enough
+    own = table[table["class_index"] == cls]
+    if own.empty:
+        return ""
+    own = own.sort_values(["flagged", "suspicion", "cluster"], ascending=[False, False, True])
+    cards = "".join(_cluster_card(c, by_row) for _, c in own.iterrows())
+    result = _class_strategies(audit, cls)
+    picture = _scatter(result, own, summary) if result is not None else ""
+    n_flagged = int(own["flagged"].sum())
+    return (
+        f"<section class='strategies' data-class-index='{cls}'><h4>Strategies "
+        f"<span class='note'>({len(own)} cluster{'s' if len(own) > 1 else ''} of the class's "
+        f"maps, {n_flagged} flagged)</span></h4>"
+        f"<div class='strategy-row'>{picture}{cards}</div></section>"
+    )
+
+
+def _cluster_card(c: pd.Series, by_row: pd.DataFrame) -> str:
+    """One strategy cluster: mean map, size, share, accuracy, reasons and a few examples."""
+    k = int(c["cluster"])
+    accuracy = c.get("accuracy")
+    accuracy = f"accuracy {accuracy:.0%}" if pd.notna(accuracy) else "accuracy –"
+    title = f"cluster {k} · {int(c['n'])} images · {c['share']:.0%} of the class · {accuracy}"
+    figures = []
+    if isinstance(c.get("mean_map_png"), str):
+        figures.append(_figure(c["mean_map_png"], "mean map", f"mean map of cluster {k}"))
+    examples = c.get("example_rows")
+    if isinstance(examples, (list, np.ndarray)):  # a list here, an array from clusters.parquet
+        figures += _overlays([int(r) for r in examples], by_row, CLUSTER_EXAMPLES)
+    reasons = "".join(f"<li>{esc(r)}</li>" for r in c["flag_reasons"])
+    flagged = bool(c["flagged"])
+    return (
+        f"<div class='strategy{' flagged' if flagged else ''}' data-cluster='{k}'>"
+        f"<h5><span class='swatch' style='background:{_colour(k)}'></span>{esc(title)}"
+        f"{' <b class=bad>flagged</b>' if flagged else ''}</h5>"
+        f"{f'<ul>{reasons}</ul>' if reasons else ''}"
+        f"<div class='strip'>{''.join(figures)}</div></div>"
+    )
+
+
+def _colour(cluster: int) -> str:
+    return PALETTE[cluster % len(PALETTE)]
+
+
+def sample_rows(n: int, limit: int) -> np.ndarray:
+    """Positions of at most `limit` of n rows, evenly spaced, first and last included."""
+    if n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+
+
+def embedding_2d(embedding: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(n,m) spectral embedding -> (n,2): t-SNE, or its columns 1 and 2 for few rows or columns.
+
+    Column 0 (the graph's trivial eigenvector) is skipped by the fallback; missing columns are 0.
+    """
+    n, m = embedding.shape
+    if n < 10 or m < 3:
+        flat = np.zeros((n, 2))
+        flat[:, : max(min(m - 1, 2), 0)] = embedding[:, 1:3]
+        return flat
+    perplexity = min(30.0, (n - 1) / 3)
+    tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed, **{ITER: TSNE_ITER})
+    # one OpenMP thread: the same picture on every machine, and no spin-waiting when the cores
+    # are busy (measured: 1000 maps 3 s on one thread, 12 s on two under load)
+    with threadpool_limits(1, user_api="openmp"):
+        return tsne.fit_transform(np.asarray(embedding, np.float64))
+
+
+def _scatter(result: ClassStrategies, clusters: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """Inline SVG: the class's maps in 2-D (t-SNE of the spectral embedding), one dot per map
+    (evenly subsampled past SCATTER_MAX), coloured by cluster, with a legend."""
+    keep = sample_rows(len(result.labels), SCATTER_MAX)
+    xy = embedding_2d(result.embedding[keep])
+    labels = result.labels[keep]
+    ids = summary["id"].to_numpy()[result.rows[keep]]  # rows: positions in the summary
+    lo, span = xy.min(axis=0), np.maximum(np.ptp(xy, axis=0), 1e-12)
+    width, height, pad = 300, 260, 12
+    px = pad + (xy - lo) / span * [width - 2 * pad, height - 2 * pad]  # (n,2) in the plot area
+    order = np.argsort(labels, kind="stable")  # the largest cluster first, small ones on top
+    dots = "".join(
+        f"<circle cx='{px[i, 0]:.1f}' cy='{px[i, 1]:.1f}' r='3' fill='{_colour(labels[i])}' "
+        f"data-c='{labels[i]}'><title>{esc(ids[i])} · cluster {labels[i]}</title></circle>"
+        for i in order
+    )
+    legend = "".join(
+        f"<g transform='translate({width + 6},{18 + 18 * j})'>"
+        f"<circle cx='5' cy='-4' r='5' fill='{_colour(int(c['cluster']))}'/>"
+        f"<text x='14' y='0' font-size='11'>{int(c['cluster'])} (n={int(c['n'])})"
+        f"{' flagged' if c['flagged'] else ''}</text></g>"
+        for j, (_, c) in enumerate(clusters.sort_values("cluster").iterrows())
+    )
+    shown = f"{len(keep)} of {len(result.labels)}" if len(keep) < len(result.labels) else "all"
+    return (
+        f"<figure class='embedding'><svg class='embedding' xmlns='http://www.w3.org/2000/svg' "
+        f"width='{width + 120}' height='{height}' viewBox='0 0 {width + 120} {height}' "
+        f"role='img' data-points='{len(keep)}'><g fill-opacity='0.75'>{dots}</g>{legend}</svg>"
+        f"<figcaption>maps in 2-D ({shown}), coloured by cluster</figcaption></figure>"
+    )
 
 
 def _class_table(audit: Audit) -> str:
     shown = [c for c in CLASS_COLUMNS if c[0] in audit.classes.columns]  # metrics when computed
     head = "<th class='t'>class</th><th class='t'>mean map</th><th class='t'>flag</th>" + "".join(
-        f"<th>{esc(label)}</th>" for _, label, _ in shown
+        f"<th{' class=sorted-desc' if column == 'suspicion' else ''}>{esc(label)}</th>"
+        for column, label, _ in shown
     )
+    classes = _by_suspicion(audit.classes)
+    if "n_clusters" in classes.columns:  # 0: not clustered (too few rows, strategies off)
+        classes = classes.assign(n_clusters=classes["n_clusters"].where(classes["n_clusters"] > 0))
     body = []
-    for _, row in audit.classes.iterrows():
+    for _, row in classes.iterrows():
         thumb = (
             f"<img src='{href(row['mean_map_png'])}' alt='mean map'>"
             if isinstance(row.get("mean_map_png"), str)
@@ -197,8 +357,11 @@ def _class_table(audit: Audit) -> str:
     return (
         "<h2 id='classes'>All classes</h2>"
         "<input class='filter' data-target='#class-table' placeholder='filter classes…'>"
-        "<p class='note'>Click a column to sort. Means over the class's images; "
-        "in box = share of the map inside the object box, pointing = peak inside the box, "
+        "<p class='note'>Most suspicious first; click a column to sort. Means over the class's "
+        "images; suspicion = strength of the class's or its worst cluster's flag (1 and over: "
+        "flagged), clusters = attention strategies found in the class, "
+        "in box = share of the map inside the object box, pointing = peak within "
+        "stats.pointing_tolerance pixels of the box, "
         "border = share of the map in the outer eighth.</p>"
         f"<table class='sortable' id='class-table'><thead><tr>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"

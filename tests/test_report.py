@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
-from pipeline.config import ReportConfig
+from pipeline import report_html
+from pipeline.config import ReportConfig, StrategiesConfig
 from pipeline.outputs import save_heatmap, summary_table
 from pipeline.report import build_audit, main
 
@@ -53,67 +57,48 @@ def _stats(m: np.ndarray, box: tuple[float, float, float, float]) -> dict[str, f
     }
 
 
-@pytest.fixture
-def synthetic_run(tmp_path) -> Path:
-    """A finished run with known content: class 3 (fish) always looks at the top-left corner;
-    in group g2, class 0 (cat) is right only 2 times in 6. Two error rows."""
-    out = tmp_path / "run"
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(48):
-        cls = i % 4
-        group = "g1" if i < 24 else "g2"
-        x0, y0 = rng.uniform(0.2, 0.5, 2)
-        box = (x0, y0, x0 + 0.3, y0 + 0.3)
-        centre = (0.05, 0.05) if cls == 3 else (x0 + 0.15, y0 + 0.15)
-        m = _map_at(*centre, rng)
-        pred = cls
-        if cls == 0 and group == "g2" and i % 3 != 0:
-            pred = 1  # cat mistaken for dog in g2
-        rel = f"heatmaps/{i:03d}.npy"
-        save_heatmap(out / rel, m)
-        rows.append(
-            {
-                "row": i,
-                "id": f"img{i}",
-                "path": f"img{i}.png",
-                "status": "ok",
-                "label": NAMES[cls],
-                "label_index": cls,
-                "group": group,
-                "width": 100,
-                "height": 100,
-                "x0": box[0] * 100,
-                "y0": box[1] * 100,
-                "x1": box[2] * 100,
-                "y1": box[3] * 100,
-                "pred_index": pred,
-                "pred_label": NAMES[pred],
-                "pred_score": 0.5 + 0.01 * i,
-                "topk_index": [pred],
-                "topk_score": [0.9],
-                "target_index": pred,
-                "target_label": NAMES[pred],
-                "target_score": 0.9,
-                "correct": pred == cls,
-                "heatmap_path": rel,
-                "overlay_path": None,
-                "cam_max": 2.0,
-                **_stats(m, box),
-            }
-        )
-    for j, cls in enumerate((0, 2)):
-        rows.append(
-            {
-                "row": 48 + j,
-                "id": f"bad{j}",
-                "path": "x",
-                "status": "error",
-                "error": "file not found: x",
-                "label": NAMES[cls],
-                "label_index": cls,
-            }
-        )
+def _ok_row(out: Path, i: int, cls: int, pred: int, box, centre, rng, group="g1", overlay=False):
+    """One ok summary row whose saved map is a blob at `centre` (and, if asked, an overlay)."""
+    m = _map_at(*centre, rng)
+    rel = f"heatmaps/{i:03d}.npy"
+    save_heatmap(out / rel, m)
+    overlay_rel = None
+    if overlay:
+        overlay_rel = f"overlays/{i:03d}.png"
+        (out / "overlays").mkdir(parents=True, exist_ok=True)
+        Image.fromarray((m * 255).astype(np.uint8)).convert("RGB").save(out / overlay_rel)
+    return {
+        "row": i,
+        "id": f"img{i}",
+        "path": f"img{i}.png",
+        "status": "ok",
+        "label": NAMES[cls],
+        "label_index": cls,
+        "group": group,
+        "width": 100,
+        "height": 100,
+        "x0": box[0] * 100,
+        "y0": box[1] * 100,
+        "x1": box[2] * 100,
+        "y1": box[3] * 100,
+        "pred_index": pred,
+        "pred_label": NAMES[pred],
+        "pred_score": 0.5 + 0.001 * i,
+        "topk_index": [pred],
+        "topk_score": [0.9],
+        "target_index": pred,
+        "target_label": NAMES[pred],
+        "target_score": 0.9,
+        "correct": pred == cls,
+        "heatmap_path": rel,
+        "overlay_path": overlay_rel,
+        "cam_max": 2.0,
+        **_stats(m, box),
+    }
+
+
+def _write_run(out: Path, rows: list[dict]) -> Path:
+    """summary.parquet and run.json of a finished run made of these rows."""
     frame = pd.DataFrame(rows)
     pq.write_table(
         summary_table({c: frame[c].tolist() for c in frame.columns}), out / "summary.parquet"
@@ -129,6 +114,67 @@ def synthetic_run(tmp_path) -> Path:
     }
     (out / "run.json").write_text(json.dumps(record))
     return out
+
+
+def _box(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    x0, y0 = rng.uniform(0.2, 0.5, 2)
+    return (x0, y0, x0 + 0.3, y0 + 0.3)
+
+
+def _on(box) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+
+
+@pytest.fixture
+def synthetic_run(tmp_path) -> Path:
+    """A finished run with known content: class 3 (fish) always looks at the top-left corner;
+    in group g2, class 0 (cat) is right only 2 times in 6. Two error rows. Too few rows per
+    class for strategies (12 < strategies.min_class_n)."""
+    out = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(48):
+        cls = i % 4
+        group = "g1" if i < 24 else "g2"
+        box = _box(rng)
+        centre = (0.05, 0.05) if cls == 3 else _on(box)
+        pred = 1 if cls == 0 and group == "g2" and i % 3 != 0 else cls  # cat mistaken for dog
+        rows.append(_ok_row(out, i, cls, pred, box, centre, rng, group))
+    for j, cls in enumerate((0, 2)):
+        rows.append(
+            {
+                "row": 48 + j,
+                "id": f"bad{j}",
+                "path": "x",
+                "status": "error",
+                "error": "file not found: x",
+                "label": NAMES[cls],
+                "label_index": cls,
+            }
+        )
+    return _write_run(out, rows)
+
+
+@pytest.fixture
+def strategy_run(tmp_path) -> Path:
+    """36 rows per class (enough to cluster), every row with an overlay. cat and dog look at
+    the object; bird looks at the top-left corner in every image (the class is flagged); fish
+    looks at the object in half its images and at a fixed spot in the top-right corner in the
+    other half (rows 7, 15, ...): a second strategy, a flagged cluster in a class whose
+    statistics alone would not flag it."""
+    out = tmp_path / "strategies"
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(144):
+        cls = i % 4
+        box = _box(rng)
+        centre = _on(box)
+        if cls == 2:
+            centre = (0.05, 0.05)
+        elif cls == 3 and i % 8 == 7:
+            centre = (0.93, 0.07)
+        rows.append(_ok_row(out, i, cls, cls, box, centre, rng, overlay=True))
+    return _write_run(out, rows)
 
 
 def test_class_table_matches_independent_groupby(synthetic_run):
@@ -257,13 +303,18 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.slow
-def test_report_renders_in_headless_chromium(synthetic_run, tmp_path):
+@pytest.mark.parametrize("run", ["synthetic_run", "strategy_run"])
+def test_report_renders_in_headless_chromium(run, request, tmp_path):
+    """The page loads with every image (mean maps, overlays, cluster mean maps) and draws;
+    strategy_run adds the Strategies sections with their inline SVG pictures."""
     browser = _chromium()
     if browser is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is missing in CI; .ci/run installs it")
         pytest.skip("chromium not installed (apt-get install chromium)")
-    build_audit(synthetic_run, ReportConfig())
+    out = request.getfixturevalue(run)
+    build_audit(out, ReportConfig(), StrategiesConfig(min_class_n=20))
+    n_img = (out / "report.html").read_text().count("<img ")
     args = [
         browser,
         "--headless",
@@ -272,14 +323,18 @@ def test_report_renders_in_headless_chromium(synthetic_run, tmp_path):
         "--allow-file-access-from-files",
         "--virtual-time-budget=5000",
     ]
-    url = (synthetic_run / "report.html").as_uri()
+    url = (out / "report.html").as_uri()
     dom = subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     body = re.search(r"<body[^>]*>", dom.stdout)
     assert body, dom.stderr[-500:]
     attrs = dict(re.findall(r'data-([a-z]+)="([^"]*)"', body.group(0)))
     assert attrs.get("ready") == "1", body.group(0)
-    assert int(attrs["images"]) >= 5 and attrs["broken"] == "0", body.group(0)
+    assert int(attrs["images"]) == n_img >= 5 and attrs["broken"] == "0", body.group(0)
     assert "fish" in dom.stdout
+    if run == "strategy_run":  # the browser parsed the pictures: one SVG circle per map
+        assert dom.stdout.count('<section class="strategies"') == 2
+        pictures = re.findall(r"<svg class=\"embedding\".*?</svg>", dom.stdout, re.S)
+        assert len(pictures) == 2 and all(p.count("data-c=") == 36 for p in pictures)
     shot = tmp_path / "report.png"
     subprocess.run(
         [*args, "--window-size=1400,2000", f"--screenshot={shot}", url],
@@ -288,7 +343,7 @@ def test_report_renders_in_headless_chromium(synthetic_run, tmp_path):
     )
     assert shot.is_file() and shot.stat().st_size > 20_000  # a real page, not a blank one
     # a broken link is caught
-    (synthetic_run / audit_png(synthetic_run)).unlink()
+    (out / audit_png(out)).unlink()
     dom = subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     attrs = dict(re.findall(r'data-([a-z]+)="([^"]*)"', re.search(r"<body[^>]*>", dom.stdout)[0]))
     assert int(attrs["broken"]) >= 1
@@ -323,3 +378,147 @@ def test_examples_are_rows_even_with_duplicate_ids(synthetic_run):
     classes = build_audit(synthetic_run, ReportConfig(examples=3)).classes.set_index("class")
     rows = classes.loc["fish", "examples"]
     assert len(rows) == 3 and all(summary.loc[r, "target_index"] == 3 for r in rows)
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+def _articles(page: str) -> dict[str, str]:
+    """The flagged-class articles of a report, in page order: class name -> its HTML."""
+    found = re.findall(r"<article class='flag' data-class='([^']+)'>(.*?)</article>", page, re.S)
+    return dict(found)
+
+
+def _cards(section: str) -> list[tuple[int, bool, str]]:
+    """(cluster, flagged, HTML) of each strategy card of a Strategies section, in page order."""
+    parts = re.split(r"(?=<div class='strategy[ '])", section)
+    cards = []
+    for part in parts:
+        m = re.match(r"<div class='strategy( flagged)?' data-cluster='(\d+)'>", part)
+        if m:
+            cards.append((int(m.group(2)), bool(m.group(1)), part))
+    return cards
+
+
+def _dots(svg: str) -> list[tuple[str, int]]:
+    """(fill, cluster) of each point of an embedding picture (not its legend)."""
+    return [(f, int(c)) for f, c in re.findall(r"fill='(#[0-9a-f]{6})' data-c='(\d+)'", svg)]
+
+
+def test_report_orders_by_suspicion_with_strategies_of_flagged_classes(strategy_run):
+    audit = build_audit(strategy_run, ReportConfig(), StrategiesConfig(min_class_n=20))
+    classes = audit.classes.set_index("class")
+    clusters = audit.strategies.clusters
+    by_suspicion = classes[classes["flagged"]].sort_values("suspicion", ascending=False)
+    assert set(by_suspicion.index) == {"fish", "bird"} and (by_suspicion["suspicion"] >= 1).all()
+    fish = clusters[clusters["class"] == "fish"]
+    corner = fish[fish["peak_x_mean"] > 0.8]  # the rows looking at the top-right corner
+    assert len(fish) >= 2 and corner["flagged"].all() and corner["n"].sum() == 18
+    page = (strategy_run / "report.html").read_text()
+    articles = _articles(page)
+    assert list(articles) == by_suspicion.index.tolist()
+    table = page[page.index("id='class-table'") :].split("</table>")[0]
+    rows = re.findall(r"<tr[^>]*><td class='t'>([^<]+)</td>", table)
+    assert rows == classes.sort_values("suspicion", ascending=False, kind="stable").index.tolist()
+    assert "<th class=sorted-desc>suspicion</th><th>clusters</th>" in table
+    by_row = pd.read_parquet(strategy_run / "summary.parquet").set_index("row")
+    for name, article in articles.items():
+        cls = int(classes.loc[name, "class_index"])
+        own = clusters[clusters["class_index"] == cls].set_index("cluster")
+        section = re.search(r"<section class='strategies'[^>]*>(.*?)</section>", article, re.S)
+        assert section and "Strategies" in section.group(1), name
+        cards = _cards(section.group(1))
+        assert sorted(k for k, _, _ in cards) == own.index.tolist()  # one card per cluster
+        flags = [f for _, f, _ in cards]
+        assert flags == sorted(flags, reverse=True)  # flagged clusters first
+        for k, flagged, card in cards:
+            c = own.loc[k]
+            assert flagged == c["flagged"]
+            assert f"cluster {k} · {c['n']} images · {c['share']:.0%} of the class" in card
+            assert f'src="{report_html.href(c["mean_map_png"])}"' in card
+            for reason in c["flag_reasons"]:
+                assert html.escape(reason) in card
+            shown = [report_html.href(by_row.loc[r, "overlay_path"]) for r in c["example_rows"][:4]]
+            assert re.findall(r"<img src=\"(overlays/[^\"]+)\"", card) == shown
+        result = next(r for r in audit.strategies.found if r.class_index == cls)
+        dots = _dots(section.group(1))
+        assert len(dots) == len(result.rows)  # one point per clustered map
+        counts = np.bincount([c for _, c in dots], minlength=result.n_clusters)
+        np.testing.assert_array_equal(counts, np.bincount(result.labels))
+        colours = dict(dots)  # fill -> cluster: one colour per cluster, none shared
+        assert len(colours) == result.n_clusters and sorted(colours.values()) == list(
+            range(result.n_clusters)
+        )
+    for name in ("cat", "dog"):  # clustered, but not flagged: no strategies, no picture
+        cls = int(classes.loc[name, "class_index"])
+        assert (clusters["class_index"] == cls).any()
+        assert f"data-class-index='{cls}'" not in page
+    assert page.count("<svg") == 2 and "http://www.w3.org/2000/svg" in page  # the namespace only
+    assert "pointing = peak within stats.pointing_tolerance pixels of the box" in page
+
+
+def test_flagged_classes_and_class_table_follow_suspicion_not_class_order(strategy_run):
+    audit = build_audit(strategy_run, ReportConfig(), StrategiesConfig(min_class_n=20))
+    summary = pd.read_parquet(strategy_run / "summary.parquet")
+    names = dict(enumerate(NAMES))
+    for bird, fish, expected in ((2.0, 5.0, ["fish", "bird"]), (5.0, 2.0, ["bird", "fish"])):
+        suspicion = {"cat": 0.5, "dog": 0.0, "bird": bird, "fish": fish}
+        classes = audit.classes.assign(suspicion=audit.classes["class"].map(suspicion))
+        report_html.write_html(strategy_run, replace(audit, classes=classes), summary, names)
+        page = (strategy_run / "report.html").read_text()
+        assert list(_articles(page)) == expected
+        table = page[page.index("id='class-table'") :].split("</table>")[0]
+        rows = re.findall(r"<tr[^>]*><td class='t'>([^<]+)</td>", table)
+        assert rows == [*expected, "cat", "dog"]
+        assert f"{expected[0]} <span class='note'>(n=36 · suspicion 5.00)" in page
+
+
+def test_strategy_picture_subsamples_evenly(strategy_run, monkeypatch):
+    monkeypatch.setattr(report_html, "SCATTER_MAX", 20)
+    build_audit(strategy_run, ReportConfig(), StrategiesConfig(min_class_n=20))
+    page = (strategy_run / "report.html").read_text()
+    fish = _articles(page)["fish"]
+    assert len(_dots(fish)) == 20 and "data-points='20'" in fish and "20 of 36" in fish
+    picked = report_html.sample_rows(2500, 1000)
+    assert len(picked) == 1000 and picked[0] == 0 and picked[-1] == 2499
+    assert (np.diff(picked) >= 2).all() and (np.diff(picked) <= 3).all()  # evenly spaced
+    np.testing.assert_array_equal(report_html.sample_rows(7, 1000), np.arange(7))
+
+
+def test_embedding_2d_tsne_and_fallback():
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=(6, 4))
+    np.testing.assert_array_equal(report_html.embedding_2d(small), small[:, 1:3])
+    two = rng.normal(size=(40, 2))  # fewer than 3 columns: column 1 and a zero axis
+    np.testing.assert_array_equal(report_html.embedding_2d(two)[:, 0], two[:, 1])
+    assert not report_html.embedding_2d(two)[:, 1].any()
+    assert not report_html.embedding_2d(np.zeros((2, 1))).any()
+    blobs = np.concatenate([rng.normal(0, 0.01, (20, 5)), rng.normal(1, 0.01, (20, 5))])
+    xy = report_html.embedding_2d(blobs)
+    assert xy.shape == (40, 2) and np.isfinite(xy).all()
+    np.testing.assert_array_equal(xy, report_html.embedding_2d(blobs))  # same picture each run
+    gap = np.linalg.norm(xy[:20].mean(axis=0) - xy[20:].mean(axis=0))
+    assert gap > 3 * max(xy[:20].std(axis=0).max(), xy[20:].std(axis=0).max())  # apart
+
+
+def test_report_without_strategies(strategy_run):
+    audit = build_audit(strategy_run, ReportConfig(), StrategiesConfig(enabled=False))
+    page = (strategy_run / "report.html").read_text()
+    assert list(_articles(page)) == ["bird"]  # flagged by its own statistics only
+    assert "class='strategies'" not in page and "<svg" not in page
+    assert audit.strategies.clusters.empty
+    summary = pd.read_parquet(strategy_run / "summary.parquet")
+    older = replace(audit, strategies=None)  # an Audit built before strategies existed
+    report_html.write_html(strategy_run, older, summary, dict(enumerate(NAMES)))
+    page = (strategy_run / "report.html").read_text()
+    assert list(_articles(page)) == ["bird"] and "<svg" not in page
+
+
+def test_report_escapes_class_names_and_reasons(strategy_run):
+    record = json.loads((strategy_run / "run.json").read_text())
+    record["model"]["class_names"] = ["cat", "dog", "<b>bird</b>", "fish & 'chips'"]
+    (strategy_run / "run.json").write_text(json.dumps(record))
+    build_audit(strategy_run, ReportConfig(), StrategiesConfig(min_class_n=20))
+    page = (strategy_run / "report.html").read_text()
+    assert "<b>bird</b>" not in page and "&lt;b&gt;bird&lt;/b&gt;" in page
+    assert "fish &amp; &#x27;chips&#x27;" in page and "fish & 'chips'" not in page
