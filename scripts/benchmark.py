@@ -18,11 +18,20 @@ window holds exactly --n images of loading, compute and writing. Inference and p
 --repeat times, alternating, and the round with the median ratio is reported (a 2-core shared
 machine swings by a third between runs). The last line printed is one JSON object with the
 numbers.
+
+    python scripts/benchmark.py --strategies 10000 100000
+
+instead clusters N synthetic maps of one class (MAP_SIZE x MAP_SIZE float32: Gaussian blobs at
+random places and widths, a fifth near-identical maps on one corner, a little noise) with
+pipeline.strategies.cluster_maps at the strategies config's defaults, each N in a fresh process:
+wall seconds, that process's peak RSS, the clusters and eigengap found, whether the corner group
+came back whole (Jaccard of the best cluster), and a second, instrumented run's time per stage.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -45,6 +54,9 @@ log = logging.getLogger("benchmark")
 
 IMAGE_SIZE = (500, 375)  # (width, height) of the generated JPEGs
 PRESETS = ("efficientnet_b0", "mobilenet_v2", "resnet50", "xception")  # pipeline.model.PRESETS
+MAP_SIZE = 14  # side of the synthetic maps for --strategies: a stride-16 layer at 224 px
+CORNER_SHARE = 0.2  # of the synthetic maps: the near-identical corner group to recover
+STAGES = ("pooling", "PCA", "kNN search", "graph build", "eigsh", "k-means", "rest")
 
 
 @dataclass
@@ -83,6 +95,28 @@ def write_manifest(path: Path, images: Sequence[Path]) -> None:
     """A CSV manifest with one `path` column, relative to the manifest's folder."""
     lines = ["path"] + [Path(os.path.relpath(p, path.parent)).as_posix() for p in images]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def make_maps(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(maps (n,size,size) float32 in [0,1] peaking at 1, corner (n,) bool): one class's maps.
+
+    Most maps are a Gaussian blob at a random place with a random width (the object, wherever
+    it is); CORNER_SHARE of them sit, almost identical, on the top-left corner (a shortcut).
+    """
+    rng = np.random.default_rng(seed)
+    corner = np.zeros(n, bool)
+    corner[rng.permutation(n)[: round(CORNER_SHARE * n)]] = True
+    cy, cx = rng.uniform(0.15, 0.85, (2, n)).astype(np.float32)  # blob centres, share of side
+    width = rng.uniform(0.06, 0.3, n).astype(np.float32)
+    jitter = rng.normal(0.0, 0.004, (3, int(corner.sum()))).astype(np.float32)
+    cy[corner], cx[corner], width[corner] = 0.05 + jitter[0], 0.05 + jitter[1], 0.07 + jitter[2]
+    cells = (np.arange(size, dtype=np.float32) + 0.5) / size  # (size,) cell centres
+    dy = (cells[None, :] - cy[:, None]) ** 2  # (n,size)
+    dx = (cells[None, :] - cx[:, None]) ** 2
+    maps = np.exp(-(dy[:, :, None] + dx[:, None, :]) / (2 * width[:, None, None] ** 2))
+    maps += np.abs(rng.normal(0.0, 0.03, maps.shape)).astype(np.float32)  # (n,size,size)
+    maps /= maps.max(axis=(1, 2), keepdims=True)  # normalised per map, as the CAM step does
+    return maps.astype(np.float32), corner
 
 
 def _quoted(value: str) -> str:
@@ -274,6 +308,217 @@ def time_reference(cfg, paths: Sequence[Path], out_dir: Path) -> Timing:
     return Timing("reference", len(paths), time.perf_counter() - start)
 
 
+# ----------------------------------------------------------------------------- strategies
+
+
+@contextlib.contextmanager
+def stage_clocks(clock: dict[str, float]):
+    """Time the stages of pipeline.strategies.cluster_maps while it runs unchanged.
+
+    The module's own functions and the sklearn/scipy calls it makes are wrapped in place, so the
+    stages are exactly what cluster_maps does; seconds add up into `clock` by name.
+    """
+    import sklearn.neighbors
+
+    from pipeline import strategies
+
+    def timed(name: str, fn: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                clock[name] = clock.get(name, 0.0) + time.perf_counter() - start
+
+        return wrapper
+
+    class KDTree(sklearn.neighbors.KDTree):  # building and querying it: the neighbour search
+        def __init__(self, *args, **kwargs):
+            timed("KDTree", super().__init__)(*args, **kwargs)
+
+        def query(self, *args, **kwargs):
+            return timed("KDTree", super().query)(*args, **kwargs)
+
+    s, nn = strategies, strategies.NearestNeighbors
+    wrapped = [
+        (s, "grid_features"),
+        (s, "knn_graph"),
+        (s, "spectrum"),
+        (s, "eigsh"),
+        (s.PCA, "fit_transform"),
+        (nn, "fit"),
+        (nn, "kneighbors"),
+        (s.KMeans, "fit_predict"),
+    ]
+    with contextlib.ExitStack() as stack:
+        for owner, attr in wrapped:
+            name = attr if owner is s else f"{owner.__name__}.{attr}"
+            stack.enter_context(mock.patch.object(owner, attr, timed(name, getattr(owner, attr))))
+        for owner in (sklearn.neighbors, s):  # knn_graph may import it either way
+            if hasattr(owner, "KDTree"):
+                stack.enter_context(mock.patch.object(owner, "KDTree", KDTree))
+        yield
+
+
+def stage_seconds(clock: dict[str, float], total: float) -> dict[str, float]:
+    """The clocks of stage_clocks as STAGES; 'rest' is choose_k, join_alike and describe."""
+    names = ("NearestNeighbors.fit", "NearestNeighbors.kneighbors", "KDTree")
+    knn = sum(clock.get(name, 0.0) for name in names)
+    pca = clock.get("PCA.fit_transform", 0.0)
+    eig = clock.get("eigsh", 0.0)
+    build = clock.get("knn_graph", 0.0) - pca - knn + clock.get("spectrum", 0.0) - eig
+    stages = [clock.get("grid_features", 0.0), pca, knn, build, eig]
+    stages.append(clock.get("KMeans.fit_predict", 0.0))
+    return dict(zip(STAGES, [*stages, total - sum(stages)]))
+
+
+def _memory_mb(field: str) -> float:
+    """A field of /proc/self/status (VmHWM: peak RSS, VmRSS: now) in MB; ru_maxrss elsewhere."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    import resource  # not on Windows
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def strategies_run(spec: str) -> int:
+    """Child process: cluster the maps of one .npy file; print one JSON line of numbers."""
+    import hashlib
+
+    from pipeline import strategies
+
+    job = json.loads(spec)
+    maps = np.load(job["maps"])  # (n,h,w) float32: one class's maps, as the pipeline loads them
+    before = _memory_mb("VmRSS")
+    clock: dict[str, float] = {}
+    with stage_clocks(clock) if job["staged"] else contextlib.nullcontext():
+        start = time.perf_counter()
+        found = strategies.cluster_maps(
+            maps, job["max_clusters"], job["neighbors"], job["grid"], job["seed"]
+        )
+        seconds = time.perf_counter() - start
+    np.save(job["labels"], found.labels)
+    result = {
+        "seconds": seconds,
+        "peak_rss_mb": _memory_mb("VmHWM"),
+        "rss_before_mb": before,
+        "n_clusters": found.n_clusters,
+        "eigengap": found.eigengap,
+        "stages": stage_seconds(clock, seconds) if job["staged"] else None,
+        "source": hashlib.sha256(Path(strategies.__file__).read_bytes()).hexdigest()[:12],
+    }
+    print(json.dumps(result))
+    return 0
+
+
+def _strategies_child(job: dict) -> dict:
+    """strategies_run(job) in a fresh Python process: its numbers."""
+    import subprocess
+
+    command = [sys.executable, __file__, "--strategies-run", json.dumps(job)]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"clustering {job['maps']} exited {proc.returncode}:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def best_jaccard(labels: np.ndarray, group: np.ndarray) -> float:
+    """Jaccard index of `group` (n,) bool with the cluster that matches it best."""
+    return max(
+        float((group & (labels == c)).sum() / (group | (labels == c)).sum())
+        for c in np.unique(labels)
+    )
+
+
+def strategies_benchmark(sizes: Sequence[int], seed: int, keep: bool) -> int:
+    """cluster_maps on one class of N synthetic maps, each N in a fresh process, timed twice:
+    plain (seconds, peak RSS, result) and instrumented (seconds per stage)."""
+    from pipeline.config import StrategiesConfig
+
+    defaults = StrategiesConfig()
+    settings = {
+        "max_clusters": defaults.max_clusters,
+        "neighbors": defaults.neighbors,
+        "grid": defaults.grid,
+        "seed": seed,
+    }
+    work = Path(tempfile.mkdtemp(prefix="gradcam-strategies-"))
+    results = {}
+    try:
+        for n in sizes:
+            maps, corner = make_maps(n, MAP_SIZE, seed)
+            path = work / f"maps_{n}.npy"
+            np.save(path, maps)
+            del maps
+            runs = {}
+            for staged in (False, True):
+                job = {"maps": str(path), "labels": str(work / f"labels_{n}_{staged}.npy")}
+                log.info("cluster_maps on %d maps%s", n, " (per stage)" if staged else "")
+                runs[staged] = _strategies_child({**job, **settings, "staged": staged})
+                runs[staged]["labels"] = np.load(job["labels"])
+            plain, staged_run = runs[False], runs[True]
+            results[n] = {
+                **{k: v for k, v in plain.items() if k not in ("labels", "stages")},
+                "corner_jaccard": best_jaccard(plain["labels"], corner),
+                "same_labels_twice": bool(np.array_equal(plain["labels"], staged_run["labels"])),
+                "same_source_twice": plain["source"] == staged_run["source"],
+                "staged_seconds": staged_run["seconds"],
+                "stages": staged_run["stages"],
+            }
+    finally:
+        if keep:
+            log.info("kept %s", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print_strategies(results, settings)
+    return 0
+
+
+def print_strategies(results: dict[int, dict], settings: dict) -> None:
+    """The --strategies tables and the JSON line."""
+    print(
+        f"\ncluster_maps(maps, {settings['max_clusters']}, {settings['neighbors']}, "
+        f"{settings['grid']}, seed={settings['seed']}) on {MAP_SIZE}x{MAP_SIZE} float32 maps, "
+        f"{CORNER_SHARE:.0%} on one corner; one fresh process per run, {os.cpu_count()} CPU(s)"
+    )
+    print("      maps  seconds  peak RSS MB  (before MB)  clusters  eigengap  corner Jaccard")
+    for n, r in results.items():
+        print(
+            f"{n:>10d}  {r['seconds']:>7.1f}  {r['peak_rss_mb']:>11.0f}"
+            f"  {r['rss_before_mb']:>11.0f}  {r['n_clusters']:>8d}  {r['eigengap']:>8.1e}"
+            f"  {r['corner_jaccard']:>14.3f}"
+        )
+    same = all(r["same_labels_twice"] for r in results.values())
+    edited = not all(r["same_source_twice"] for r in results.values())
+    print(
+        "\nper stage, seconds (a second, instrumented run; its labels equal the first's: "
+        f"{same}{'; strategies.py was edited in between' if edited else ''})"
+    )
+    print(f"{'maps':>10}  " + "  ".join(f"{s:>11}" for s in (*STAGES, "total")))
+    for n, r in results.items():
+        cells = [*r["stages"].values(), r["staged_seconds"]]
+        print(f"{n:>10d}  " + "  ".join(f"{v:>11.2f}" for v in cells))
+    summary = {
+        "strategies": {str(n): _rounded(r) for n, r in results.items()},
+        "settings": settings,
+        "map_size": MAP_SIZE,
+        "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+    }
+    print(json.dumps(summary))
+
+
+def _rounded(value):
+    """Floats in nested dicts rounded to 4 significant digits, for the JSON line."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -443,6 +688,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--memory-sizes", type=int, nargs=2, default=[1000, 20000])
     parser.add_argument(
+        "--strategies",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help=f"instead: time and measure cluster_maps on one class of N synthetic "
+        f"{MAP_SIZE}x{MAP_SIZE} maps (several N: one after another)",
+    )
+    parser.add_argument("--strategies-run", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument(
         "--methods",
         nargs="*",
         default=None,
@@ -452,6 +706,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n < 1 or args.batch_size < 1 or args.reference_n < 0 or args.repeat < 1:
         parser.error("--n, --batch-size and --repeat must be >= 1, --reference-n >= 0")
+    if args.strategies and min(args.strategies) < 3:
+        parser.error("--strategies N needs N >= 3 maps")
     return args
 
 
@@ -459,6 +715,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if args.strategies_run:
+        return strategies_run(args.strategies_run)
+    if args.strategies:
+        return strategies_benchmark(args.strategies, args.seed, args.keep)
     if args.memory:
         return memory_benchmark(args.memory_sizes, args.seed, args.keep)
     if args.methods is not None:
