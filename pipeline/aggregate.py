@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 
+SPOT_CELLS = 3  # "one spot": a 3x3 window of the layer's grid cells (a tag straddles cells)
 STATS = ("energy_in_box", "pointing_hit", "border_fraction", "cam_entropy", "coverage")
 FAITHFULNESS = ("deletion_auc", "insertion_auc", "drop_in_confidence", "increase_in_confidence")
+
+
+def grid_cell(coords: pd.Series, most: int = 512) -> float:
+    """The side of the grid cell peaks were taken on: peaks are cell centres (i + 0.5) / n, so
+    n is the smallest count that puts every coordinate on a centre (1/16 when unknown)."""
+    values = np.unique(coords.dropna().to_numpy(np.float64))
+    if not len(values):
+        return 1.0 / 16
+    for n in range(1, most + 1):
+        steps = values * n - 0.5
+        if np.all(np.abs(steps - np.round(steps)) < 1e-3):
+            return 1.0 / n
+    return 1.0 / most
+
+
+def spot_share(cells: pd.DataFrame) -> float:
+    """The largest share of (x, y) integer cells inside one SPOT_CELLS-square window."""
+    cells = cells.dropna()
+    if cells.empty:
+        return np.nan
+    counts = Counter(zip(cells["x"].astype(int), cells["y"].astype(int)))
+    steps = range(SPOT_CELLS)
+    windows = {(x - dx, y - dy) for x, y in counts for dx in steps for dy in steps}
+    best = max(sum(counts.get((a + i, b + j), 0) for i in steps for j in steps) for a, b in windows)
+    return best / len(cells)
 
 
 def aggregate(
@@ -53,4 +81,15 @@ def aggregate(
         table[f"{point}_spread"] = np.sqrt(var)
         table[f"{point}_x_mean"] = grouped[f"{point}_x"].mean()
         table[f"{point}_y_mean"] = grouped[f"{point}_y"].mean()
+    # the share of images whose peak sits on one spot, SPOT_CELLS^2 cells of the layer's grid
+    # (where peaks are taken; a small tag straddles cells): ~1 for a fixed spot such as a tag,
+    # about 9/cells for peaks at random
+    cells = pd.DataFrame(
+        {
+            "x": np.floor(frame["peak_x"] / grid_cell(frame["peak_x"])),
+            "y": np.floor(frame["peak_y"] / grid_cell(frame["peak_y"])),
+        }
+    )
+    keys = [frame["_k"], *[frame[e] for e in extra]]
+    table["peak_share"] = cells.groupby(keys).apply(spot_share)
     return table

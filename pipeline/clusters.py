@@ -21,7 +21,7 @@ from pipeline.outputs import jet_png, safe_name, save_heatmap
 from pipeline.strategies import ClassStrategies, cluster_classes
 
 log = logging.getLogger(__name__)
-TEMPORARY = ["rest", "class_cam_max_median"]  # flag inputs, not written
+TEMPORARY = ["rest", "run_cam_max_median"]  # flag inputs, not written
 
 
 @dataclass
@@ -75,6 +75,7 @@ def strategy_audit(
         cluster[result.rows] = result.labels
         tables.append(describe_clusters(summary, result, out, names, size, cfg))
     table = pd.concat(tables, ignore_index=True) if tables else empty_table()
+    table["run_cam_max_median"] = float(summary.loc[usable, "cam_max"].median())
     if len(table):
         table = table.join(cluster_flags(table, cfg))
     log.info("strategies: %d classes clustered into %d clusters", len(found), len(table))
@@ -99,12 +100,10 @@ def describe_clusters(
     table["share"] = table["n"] / len(rows)
     table["radius"] = result.radius
     table["separation"] = result.separation
-    table["class_cam_max_median"] = float(rows["cam_max"].median())
-    table["rest"] = [
-        _rest(rows[labels != c], result.typicality[result.labels != c])
-        if (labels != c).any()
-        else None
-        for c in table["cluster"]
+    table["rest"] = [_rest(rows, result, c) for c in table["cluster"]]
+    table["tightness"] = [  # how alike its maps are, against the class's other images'
+        r / max(rest["radius"], 1e-9) if rest is not None else np.nan
+        for r, rest in zip(table["radius"], table["rest"])
     ]
     folder = out / "classes" / safe_name(cls, names.get(cls, str(cls)))
     paths = [
@@ -123,11 +122,17 @@ def describe_clusters(
     return table
 
 
-def _rest(rows: pd.DataFrame, typicality: np.ndarray) -> pd.Series:
-    """The statistics of a class's other clusters, taken together (what a cluster is compared
-    with): peak spread, border and in-box mass, and their mean distance to their own centres."""
-    stats = aggregate(rows, pd.Series(0, index=rows.index), [], by_label=False).iloc[0]
-    stats["radius"] = float(typicality.mean())
+def _rest(rows: pd.DataFrame, result: ClassStrategies, cluster: int) -> pd.Series | None:
+    """What a cluster is compared with: the class's other rows that the model got right (all
+    its other rows where there are no labels), taken together: peak spread and spot, border and
+    in-box mass, and their mean distance to their own cluster's centre. None if there are none.
+    """
+    others = (result.labels != cluster) & (rows["correct"].astype("boolean") != False).to_numpy()  # noqa: E712
+    if not others.any():
+        return None
+    part = rows[others]
+    stats = aggregate(part, pd.Series(0, index=part.index), [], by_label=False).iloc[0]
+    stats["radius"] = float(result.typicality[others].mean())
     return stats
 
 

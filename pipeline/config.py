@@ -74,7 +74,8 @@ class ReportConfig:
     group_by: str = "target"  # target: the explained class; label: the true label
     z_threshold: float = 3.0  # robust z-score (leave-one-out median/MAD) that makes an outlier
     min_gap: float = 0.15  # ... and the least absolute gap to the other classes' median
-    fixed_min_gap: float = 0.05  # least gap in peak spread for fixed-location attention
+    fixed_min_gap: float = 0.05  # least gap in peak spread for fixed-location attention ...
+    fixed_share: float = 0.8  # ... whose peaks sit on one spot in this share of images
     mad_floor: float = 0.02  # MAD never below this (near-identical classes are not outliers)
     min_class_n: int = 3  # classes with fewer ok rows are reported but neither flagged nor compared
     examples: int = 6  # off-object examples shown per flagged class
@@ -96,17 +97,20 @@ class StrategiesConfig:
     enabled: bool = True  # cluster each class's maps into attention strategies (SpRAy-style)
     min_class_n: int = 20  # classes with fewer ok rows are not clustered (cluster = -1)
     max_clusters: int = 8  # the eigengap chooses the number of clusters in [1, max_clusters]
-    grid: int = 16  # maps are area-pooled to grid x grid and L1-normalised before clustering
+    grid: int = 12  # maps are area-pooled to grid x grid and L1-normalised before clustering
     neighbors: int = 10  # k of the symmetric k-nearest-neighbour graph
     examples: int = 6  # most typical members listed (and shown) per cluster
-    min_cluster_n: int = 5  # smaller clusters are listed but never flagged
+    min_cluster_n: int = 10  # smaller clusters are listed but never flagged
     weak_evidence: float = 0.25  # clusters whose median cam_max is below this share of the
-    # class's are not flagged: a map normalised from almost no gradient is noise
-    fixed_spread: float = 0.05  # peak spread (share of the image side) of a fixed-spot cluster
+    # run's are not flagged: a map normalised from almost no gradient is noise
+    min_accuracy: float = 0.5  # labelled clusters the model gets mostly wrong are not flagged
+    fixed_share: float = 0.9  # a fixed-spot cluster has its peak on one spot (the same cell of
+    # the layer's grid) in at least this share of its images ...
+    moving_share: float = 0.5  # ... and the class's other images in at most this share
     min_gap: float = 0.15  # least excess of border mass (or lack of in-box mass) over chance
     # and over the class's other clusters
-    tight: float = 0.35  # a tight cluster's radius is below this share of the others' ...
-    apart: float = 4.0  # ... and its nearest other cluster is this many radii away
+    tight: float = 0.7  # a flagged cluster's maps are near-identical: its radius (mean distance
+    # to its centre) is at most this share of the class's other images'
     virelay: bool = False  # also export the analysis for the ViRelAy viewer (extra [virelay])
 
 

@@ -34,7 +34,7 @@ CLASS_CHECKS = [  # column, direction, gap key, chance test, reason
         "energy_in_box_mean",
         -1,
         "min_gap",
-        lambda row: row["energy_in_box_mean"] < row["box_area_mean"],
+        lambda row, cfg: row["energy_in_box_mean"] < row["box_area_mean"],
         "attention off the object: {v:.0%} of the map inside the box, below the {c:.0%} a map "
         "spread evenly would put there, vs {o:.0%} for other classes (robust z {z:.1f})",
     ),
@@ -42,7 +42,7 @@ CLASS_CHECKS = [  # column, direction, gap key, chance test, reason
         "pointing_hit_mean",
         -1,
         "min_gap",
-        lambda row: row["pointing_hit_mean"] < 0.5,
+        lambda row, cfg: row["pointing_hit_mean"] < 0.5,
         "attention off the object: the peak is on the object in {v:.0%} of images vs {o:.0%} "
         "for other classes (robust z {z:.1f})",
     ),
@@ -50,7 +50,7 @@ CLASS_CHECKS = [  # column, direction, gap key, chance test, reason
         "border_fraction_mean",
         +1,
         "min_gap",
-        lambda row: row["border_fraction_mean"] >= BORDER_CHANCE + 0.1,
+        lambda row, cfg: row["border_fraction_mean"] >= BORDER_CHANCE + 0.1,
         "attention on the image border: {v:.0%} of the map in the outer eighth, above the "
         "{c:.0%} a map spread evenly would put there, vs {o:.0%} for other classes "
         "(robust z {z:+.1f})",
@@ -59,7 +59,10 @@ CLASS_CHECKS = [  # column, direction, gap key, chance test, reason
         "peak_spread",
         -1,
         "fixed_min_gap",
-        lambda row: not row["pointing_hit_mean"] >= 0.5,  # a fixed place on the object is fine
+        # fixed for real (most peaks at one spot), and not on the object (the objects sit still)
+        lambda row, cfg: (
+            row["peak_share"] >= cfg.fixed_share and not row["pointing_hit_mean"] >= 0.5
+        ),
         "attention fixed in one place: the peak sits at ({x:.2f}, {y:.2f}) in nearly every "
         "image, spread {v:.3f} vs {o:.3f} for other classes (robust z {z:.1f})",
     ),
@@ -78,7 +81,7 @@ def class_flags(classes: pd.DataFrame, cfg: ReportConfig) -> list[list[str]]:
             value = row[column]
             if pd.isna(zc) or sign * zc < cfg.z_threshold:
                 continue
-            if sign * (value - others) < getattr(cfg, gap_key) or not beyond_chance(row):
+            if sign * (value - others) < getattr(cfg, gap_key) or not beyond_chance(row, cfg):
                 continue
             chance = BORDER_CHANCE if column.startswith("border") else row["box_area_mean"]
             x, y = row["peak_x_mean"], row["peak_y_mean"]
@@ -99,16 +102,16 @@ def _signs(c: pd.Series, rest: pd.Series, cfg: StrategiesConfig) -> list[tuple[f
     `rest` holds the same statistics over the class's other clusters' rows.
     """
     signs = []
-    moves = rest["peak_spread"] >= 3 * cfg.fixed_spread
+    moves = rest["peak_share"] <= cfg.moving_share
     off_object = not c["pointing_hit_mean"] >= 0.5  # NaN without boxes: unknown, not on it
     if moves and off_object:
-        strength = cfg.fixed_spread / max(c["peak_spread"], cfg.fixed_spread / 10)
         signs.append(
             (
-                strength,
-                f"its peak stays at ({c['peak_x_mean']:.2f}, {c['peak_y_mean']:.2f}) in nearly "
-                f"every image (spread {c['peak_spread']:.3f}) while the class's other images "
-                f"move (spread {rest['peak_spread']:.3f})",
+                c["peak_share"] / cfg.fixed_share,
+                f"its peak sits on the same spot near ({c['peak_x_mean']:.2f}, "
+                f"{c['peak_y_mean']:.2f}) in {c['peak_share']:.0%} of its images, while the "
+                f"class's other images look elsewhere (only {rest['peak_share']:.0%} of them at "
+                "a common spot)",
             )
         )
     excess = c["border_fraction_mean"] - max(BORDER_CHANCE, rest["border_fraction_mean"])
@@ -130,25 +133,21 @@ def _signs(c: pd.Series, rest: pd.Series, cfg: StrategiesConfig) -> list[tuple[f
                 f"{rest['energy_in_box_mean']:.0%} in the class's other clusters",
             )
         )
-    if c["separation"] > cfg.apart * c["radius"] and c["radius"] < cfg.tight * rest["radius"]:
-        signs.append(
-            (
-                cfg.tight * rest["radius"] / max(c["radius"], 1e-6) / 2,
-                f"its maps are nearly identical (radius {c['radius']:.3f} vs "
-                f"{rest['radius']:.3f} in the class's other clusters) and lie apart from the "
-                f"class's other strategies ({c['separation'] / max(c['radius'], 1e-6):.0f}x "
-                "their radius away)",
-            )
-        )
     return signs
 
 
 def cluster_flags(clusters: pd.DataFrame, cfg: StrategiesConfig) -> pd.DataFrame:
     """flagged, flag_reasons and suspicion (>= 1 when flagged) of every cluster row.
 
+    A cluster is flagged when one of its location signs holds and its maps are near-identical
+    (radius at most `tight` times that of the class's other images): a shortcut looks the same
+    in every image, while a group of objects that merely sit in one region still varies.
     A cluster is eligible when it has at least min_cluster_n rows, the class has other
-    clusters to compare with, and its maps carry evidence (median cam_max at least
-    weak_evidence times the class's): a map normalised from almost nothing is noise.
+    clusters to compare with, its maps carry evidence (median cam_max at least weak_evidence
+    times the run's: a map normalised from almost nothing is noise), and, where it has labels,
+    the model is mostly right with it (min_accuracy): a shortcut is a strategy that works on
+    the data; a cluster of mostly wrong guesses is the model seeing nothing, and shows in the
+    confusion table instead.
     """
     flagged, reasons, suspicion = [], [], []
     for _, c in clusters.iterrows():
@@ -156,11 +155,21 @@ def cluster_flags(clusters: pd.DataFrame, cfg: StrategiesConfig) -> pd.DataFrame
         eligible = (
             rest is not None
             and c["n"] >= cfg.min_cluster_n
-            and c["cam_max_median"] >= cfg.weak_evidence * c["class_cam_max_median"]
+            and c["cam_max_median"] >= cfg.weak_evidence * c["run_cam_max_median"]
+            and not (c["n_labelled"] >= cfg.min_cluster_n and c["accuracy"] < cfg.min_accuracy)
         )
         signs = _signs(c, rest, cfg) if eligible else []
+        tightness = c["tightness"] if eligible else np.inf
         strong = [text for strength, text in signs if strength >= 1]
-        best = max([0.0, *(s for s, _ in signs)])
+        if strong and tightness <= cfg.tight:  # one strategy, shared by near-identical maps
+            strong.append(
+                f"its maps are nearly alike (radius {c['radius']:.3f} vs {rest['radius']:.3f} "
+                f"for the class's other images), a strategy apart from the rest "
+                f"({c['separation'] / max(c['radius'], 1e-9):.1f} radii to the nearest cluster)"
+            )
+        else:
+            strong = []
+        best = max([0.0, *(s for s, _ in signs)]) * min(1.0, cfg.tight / max(tightness, 1e-9))
         share = float(np.sqrt(c["share"]))
         flagged.append(bool(strong))
         reasons.append(strong)

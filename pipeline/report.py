@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.aggregate import aggregate
-from pipeline.clusters import StrategyAudit, strategy_audit
+from pipeline.clusters import StrategyAudit, load_maps, strategy_audit
 from pipeline.config import ConfigError, ReportConfig, StrategiesConfig
 from pipeline.flags import class_flags
 from pipeline.outputs import atomic_write, jet_png, safe_name, save_heatmap
@@ -271,6 +271,8 @@ def build_audit(
     summary["cluster"] = found.cluster
     _write_cluster_column(out / "summary.parquet", found.cluster)
     _write_parquet(found.clusters, out / "clusters.parquet")
+    if strategies is not None and strategies.virelay and found.found:
+        _virelay(out, summary, record, found, names, size)
     classes = join_strategies(class_audit(summary, out, cfg, names, size), found)
     _write_parquet(classes, out / "classes.parquet")
     groups = None
@@ -333,6 +335,34 @@ def join_strategies(classes: pd.DataFrame, found: StrategyAudit) -> pd.DataFrame
     classes["flagged"] = [bool(r) for r in classes["flag_reasons"]]
     classes["n_clusters"] = classes["n_clusters"].astype("int32")
     return classes.reset_index()
+
+
+def _virelay(
+    out: Path,
+    summary: pd.DataFrame,
+    record: dict,
+    found: StrategyAudit,
+    names: dict[int, str],
+    size: tuple[int, int],
+) -> Path:
+    """The strategies as a ViRelAy project in out/virelay (strategies.virelay=true)."""
+    from pipeline.virelay import export_virelay  # only here: needs the optional extra's h5py
+
+    manifest = record.get("manifest", {}).get("path")
+    base = Path(manifest).resolve().parent if manifest else out
+    paths = summary["path"].tolist()
+    rels = summary["heatmap_path"].to_numpy()
+    return export_virelay(
+        out / "virelay",
+        summary,
+        lambda rows: load_maps(out, list(rels[rows])),
+        lambda position: base / paths[position],
+        found.found,
+        names,
+        size,
+        model=str(record.get("model", {}).get("source") or "Keras classifier"),
+        method=str(summary["method"].dropna().iloc[0]) if summary["method"].notna().any() else "",
+    )
 
 
 def _write_cluster_column(path: Path, cluster: np.ndarray) -> None:

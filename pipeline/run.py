@@ -566,8 +566,12 @@ def _class_lines(classes: pd.DataFrame) -> str:
         "pred_score_mean",
         "energy_in_box_mean",
         "border_fraction_mean",
+        "n_clusters",
+        "suspicion",
         "flagged",
     ]
+    if "suspicion" in classes.columns:  # most suspicious first, as in report.html
+        classes = classes.sort_values("suspicion", ascending=False, kind="stable")
     view = classes[[c for c in columns if c in classes.columns]].set_index("class")
     view = view.rename(columns=lambda c: c.removesuffix("_mean"))
     return view.to_string(float_format=lambda v: f"{v:.3f}")

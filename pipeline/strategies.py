@@ -11,14 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
+from scipy import linalg, sparse
 from scipy.sparse.linalg import eigsh
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
-from sklearn.neighbors import NearestNeighbors
+from sklearn.neighbors import KDTree, NearestNeighbors
+from threadpoolctl import threadpool_limits  # ships with scikit-learn
 
 SHARPEN = 2.0  # maps are squared first, so their peaks, not their diffuse floor, set the shape
 JOIN_COSINE = 0.9  # clusters whose mean features are this alike are one strategy
+DENSE_UP_TO = 2000  # classes up to this many maps get a dense eigensolver (32 MB at most)
 KNN_DIMS = 32  # features are reduced to this many principal components for the neighbour search
 
 
@@ -60,7 +62,8 @@ def grid_features(maps: np.ndarray, grid: int) -> np.ndarray:
     maps = np.asarray(maps, np.float32) ** SHARPEN  # (n,h,w)
     n, h, w = maps.shape
     ry, rx = pool_matrix(h, grid), pool_matrix(w, grid)  # (g,h), (g,w)
-    pooled = np.einsum("gh,nhw,kw->ngk", ry, maps, rx, optimize=True).reshape(n, grid * grid)
+    pooled = np.einsum("gh,nhw,kw->ngk", ry, maps, rx, optimize=True)  # (n,g,g)
+    pooled = pooled.reshape(n, grid * grid)
     mass = pooled.sum(axis=1, keepdims=True)  # (n,1)
     uniform = np.full_like(pooled, 1.0 / (grid * grid))
     return np.where(mass > 0, pooled / np.where(mass > 0, mass, 1.0), uniform).astype(np.float32)
@@ -72,9 +75,6 @@ def knn_graph(features: np.ndarray, k: int, seed: int) -> sparse.csr_matrix:
     w_ij = exp(-d_ij^2 / (s_i s_j)), s_i = distance to the i-th point's k-th neighbour
     (Zelnik-Manor & Perona 2004); an edge exists when either point lists the other.
     """
-    from sklearn.neighbors import KDTree  # both ship with scikit-learn
-    from threadpoolctl import threadpool_limits
-
     n = len(features)
     k = min(k, n - 1)
     x = features
@@ -101,16 +101,19 @@ def knn_graph(features: np.ndarray, k: int, seed: int) -> sparse.csr_matrix:
 def spectrum(graph: sparse.csr_matrix, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The m smallest eigenvalues (ascending) of I - D^-1/2 W D^-1/2, and eigenvectors (n,m).
 
-    Computed as the largest of D^-1/2 W D^-1/2 (ARPACK converges fast there), from a seeded
-    start vector so reruns agree.
+    Computed as the largest of D^-1/2 W D^-1/2: densely for small classes, else by ARPACK
+    (it converges fast there) from a seeded start vector, so reruns agree.
     """
-    from threadpoolctl import threadpool_limits  # ships with scikit-learn
-
     n = graph.shape[0]
     degree = np.asarray(graph.sum(axis=1)).ravel()
     inv_sqrt = sparse.diags(1.0 / np.sqrt(np.maximum(degree, 1e-12)))
     normalised = (inv_sqrt @ graph @ inv_sqrt).tocsr()
     m = min(m, n - 1)
+    if n <= DENSE_UP_TO:  # small classes: LAPACK's exact solver (ARPACK can miss a repeated 1)
+        with threadpool_limits(1, user_api="blas"):
+            values, vectors = linalg.eigh(normalised.toarray(), subset_by_index=[n - m, n - 1])
+        order = np.argsort(-values)
+        return np.clip(1.0 - values[order], 0.0, 2.0), vectors[:, order]
     v0 = np.random.default_rng(seed).uniform(0.5, 1.5, n)
     ncv = min(n, max(2 * m + 1, 32))  # a wider Krylov space: fewer restarts when the top
     # eigenvalues crowd near 1 (many loosely joined groups)
