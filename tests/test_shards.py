@@ -53,11 +53,12 @@ def test_three_shard_multirun_with_submitit_local_equals_one_process(
     model_files, dataset, tmp_path
 ):
     single = tmp_path / "single"
-    assert cli(*_args(model_files, dataset, f"output_dir={single}")).returncode == 0
+    few = "strategies.min_class_n=3"  # so that the strategy clusters are compared too
+    assert cli(*_args(model_files, dataset, f"output_dir={single}", few)).returncode == 0
     sharded = tmp_path / "sharded"
     proc = cli(
         "-m",
-        *_args(model_files, dataset, f"output_dir={sharded}"),
+        *_args(model_files, dataset, f"output_dir={sharded}", few),
         "shard.count=3",
         "shard.index=0,1,2",
         "hydra/launcher=submitit_local",
@@ -67,7 +68,8 @@ def test_three_shard_multirun_with_submitit_local_equals_one_process(
     a = pd.read_parquet(single / "summary.parquet")
     b = pd.read_parquet(sharded / "summary.parquet")  # merged by the callback at the end
     pd.testing.assert_frame_equal(a, b)
-    for table in ("classes.parquet", "groups.parquet", "confusion.parquet"):
+    assert (a["cluster"] >= 0).sum() >= 20  # clustered after the merge, as in one process
+    for table in ("classes.parquet", "clusters.parquet", "groups.parquet", "confusion.parquet"):
         pd.testing.assert_frame_equal(
             pd.read_parquet(single / table), pd.read_parquet(sharded / table)
         )

@@ -22,13 +22,13 @@ PLANTED = [
 
 def planted_case(folder: Path, seed: int, shortcut: Shortcut | None) -> Path:
     """Train the demo CNN on 64x64 shapes (160 per class) with the shortcut planted, and write
-    a fresh audit set of 60 per class with a `path,label` manifest (no boxes). Returns the
+    a fresh audit set of 100 per class with a `path,label` manifest (no boxes). Returns the
     manifest; the model is folder/model.keras, the class names folder/classes.txt."""
     planted = (shortcut,) if shortcut else ()
     x, y = make_arrays(160, 64, seed, SHAPES, planted)
     train_model(folder / "model.keras", x, y, len(SHAPES), 12, seed)
     (folder / "classes.txt").write_text("\n".join(SHAPES) + "\n")
-    return write_audit_set(folder, 60, 64, seed, SHAPES, planted, boxes=False)
+    return write_audit_set(folder, 100, 64, seed, SHAPES, planted, boxes=False)
 
 
 def audit(make_cfg, folder: Path, manifest: Path) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
