@@ -162,6 +162,26 @@ class Config:
     writer_threads: int = 2  # threads writing .npy and overlay files
 
 
+def check_strategies(s: StrategiesConfig) -> None:
+    """ConfigError for strategies values the schema's types cannot rule out."""
+    limits = [
+        ("min_class_n", s.min_class_n >= 3, "an integer >= 3"),
+        ("max_clusters", s.max_clusters >= 1, "an integer >= 1"),
+        ("grid", s.grid >= 2, "an integer >= 2"),
+        ("neighbors", s.neighbors >= 1, "an integer >= 1"),
+        ("examples", s.examples >= 0, "an integer >= 0"),
+        ("min_cluster_n", s.min_cluster_n >= 1, "an integer >= 1"),
+        ("tight", s.tight > 0, "a value > 0"),
+    ]
+    limits += [
+        (key, 0.0 <= getattr(s, key) <= 1.0, "a value in [0, 1]")
+        for key in ("weak_evidence", "min_accuracy", "fixed_share", "moving_share", "min_gap")
+    ]
+    for key, ok, expected in limits:
+        if not ok:
+            raise ConfigError(f"strategies.{key}={getattr(s, key)}; expected {expected}")
+
+
 def register_configs() -> None:
     """Register the schema so conf/config.yaml can extend it."""
     ConfigStore.instance().store(name="schema", node=Config)

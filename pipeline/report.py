@@ -15,7 +15,7 @@ from PIL import Image
 
 from pipeline.aggregate import aggregate
 from pipeline.clusters import StrategyAudit, load_maps, strategy_audit
-from pipeline.config import ConfigError, ReportConfig, StrategiesConfig
+from pipeline.config import ConfigError, ReportConfig, StrategiesConfig, check_strategies
 from pipeline.flags import class_flags
 from pipeline.outputs import atomic_write, jet_png, safe_name, save_heatmap
 
@@ -406,6 +406,7 @@ def audit_settings(
         raise ConfigError(
             f"unknown setting {unknown[0]!r}; expected report.KEY=VALUE or strategies.KEY=VALUE"
         )
+    check_strategies(merged[1])
     return merged[0], merged[1], int(config.get("seed", 0))
 
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pipeline import CONF_DIR, __version__
-from pipeline.config import ConfigError, register_configs
+from pipeline.config import ConfigError, check_strategies, register_configs
 from pipeline.faults import checkpoint
 from pipeline.manifest import BOX_COLUMNS, read_manifest, resolve_labels
 from pipeline.outputs import (
@@ -161,6 +161,7 @@ def _validate(cfg: DictConfig) -> None:
             f"stats.pointing_tolerance={cfg.stats.pointing_tolerance}; expected a value >= 0 "
             "(pixels of the original image)"
         )
+    check_strategies(cfg.strategies)
     if not 0.0 <= cfg.max_error_rate <= 1.0:
         raise ConfigError(f"max_error_rate={cfg.max_error_rate}; expected a value in [0, 1]")
 

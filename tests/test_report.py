@@ -292,10 +292,15 @@ def test_report_command_rebuilds_without_tensorflow(synthetic_run):
     ).is_file()
 
 
-def test_report_command_errors(tmp_path, capsys):
+def test_report_command_errors(tmp_path, synthetic_run, capsys):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path)])
     assert exc.value.code == 2 and "no summary.parquet" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a bad strategies value: one line, before any work
+        main([str(synthetic_run), "strategies.grid=1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "strategies.grid=1; expected an integer >= 2" in err
+    assert not (synthetic_run / "classes.parquet").exists()
 
 
 def _chromium() -> str | None:

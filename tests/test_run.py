@@ -190,6 +190,9 @@ def test_target_label_without_label_is_an_error_row(audit):
         ("max_error_rate=2", "max_error_rate"),
         ("stats.pointing_tolerance=-1", "stats.pointing_tolerance=-1.0; expected a value >= 0"),
         ("shard.index=1", "shard.index=1 with shard.count=1"),
+        ("strategies.max_clusters=0", "strategies.max_clusters=0; expected an integer >= 1"),
+        ("strategies.min_class_n=2", "strategies.min_class_n=2; expected an integer >= 3"),
+        ("strategies.fixed_share=1.5", r"strategies.fixed_share=1.5; expected a value in \[0, 1\]"),
     ],
 )
 def test_bad_values_fail_before_any_work(audit, override, message, tmp_path):
