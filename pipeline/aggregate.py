@@ -38,13 +38,18 @@ def spot_share(cells: pd.DataFrame) -> float:
 
 
 def aggregate(
-    ok: pd.DataFrame, key: pd.Series, extra: list[str], by_label: bool = True
+    ok: pd.DataFrame,
+    key: pd.Series,
+    extra: list[str],
+    by_label: bool = True,
+    cells: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
     """Per class (key) and extra columns: n, accuracy and the attention statistics.
 
     Attention statistics are grouped by `key` (explained class or label); accuracy by the true
     label (the share of a class's labelled images that were predicted right), or with
-    by_label=False by `key` too (a cluster's accuracy: its own labelled members').
+    by_label=False by `key` too (a cluster's accuracy: its own labelled members'). `cells`:
+    the (x, y) cell size of the grid peaks were taken on, else guessed from these rows.
     """
     frame = ok.assign(
         _k=key.loc[ok.index].astype(int),
@@ -84,12 +89,9 @@ def aggregate(
     # the share of images whose peak sits on one spot, SPOT_CELLS^2 cells of the layer's grid
     # (where peaks are taken; a small tag straddles cells): ~1 for a fixed spot such as a tag,
     # about 9/cells for peaks at random
-    cells = pd.DataFrame(
-        {
-            "x": np.floor(frame["peak_x"] / grid_cell(frame["peak_x"])),
-            "y": np.floor(frame["peak_y"] / grid_cell(frame["peak_y"])),
-        }
-    )
+    cx, cy = cells or (grid_cell(frame["peak_x"]), grid_cell(frame["peak_y"]))
+    cells = pd.DataFrame({"x": np.floor(frame["peak_x"] / cx), "y": np.floor(frame["peak_y"] / cy)})
     keys = [frame["_k"], *[frame[e] for e in extra]]
-    table["peak_share"] = cells.groupby(keys).apply(spot_share)
+    shares = cells.groupby(keys).apply(spot_share) if len(cells) else None
+    table["peak_share"] = shares if isinstance(shares, pd.Series) else np.nan
     return table

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.aggregate import aggregate
+from pipeline.aggregate import STATS, aggregate, grid_cell
 from pipeline.config import StrategiesConfig
 from pipeline.flags import cluster_flags
 from pipeline.outputs import jet_png, safe_name, save_heatmap
@@ -31,9 +31,18 @@ class StrategyAudit:
     found: list[ClassStrategies]
 
 
+def _read(path: Path) -> np.ndarray:
+    """One saved map; an unreadable file counts as an all-zero map (logged)."""
+    try:
+        return np.load(path).astype(np.float32)
+    except (OSError, ValueError) as exc:
+        log.warning("strategies: map %s unreadable (%s); taken as empty", path, exc)
+        return np.zeros((1, 1), np.float32)
+
+
 def load_maps(out: Path, rels: list[str]) -> np.ndarray:
     """The saved maps (n,h,w) float32; a map of another shape is resized to the first's."""
-    maps = [np.load(out / rel).astype(np.float32) for rel in rels]
+    maps = [_read(out / rel) for rel in rels]
     h, w = maps[0].shape
     return np.stack(
         [
@@ -55,9 +64,16 @@ def strategy_audit(
     size: tuple[int, int],
 ) -> StrategyAudit:
     """Cluster every class with at least cfg.min_class_n ok rows that have a saved map."""
-    usable = (summary["status"] == "ok") & key.notna() & summary["heatmap_path"].notna()
+    usable = (
+        (summary["status"] == "ok")
+        & key.notna()
+        & (summary["rank"].fillna(0) == 0)  # target=topk: the prediction's map, not runners-up
+        & summary["heatmap_path"].map(lambda rel: isinstance(rel, str) and (out / rel).is_file())
+    )
     keys = np.where(usable, key.fillna(-1), -1).astype(np.int64)  # (N,)
     if not cfg.enabled or not usable.any():
+        if cfg.enabled:
+            log.info("strategies: no saved maps to cluster (heatmaps.enabled=false?)")
         return StrategyAudit(np.full(len(summary), -1, np.int32), empty_table(), [])
     rels = summary["heatmap_path"].to_numpy()
     found = cluster_classes(
@@ -75,6 +91,7 @@ def strategy_audit(
         cluster[result.rows] = result.labels
         tables.append(describe_clusters(summary, result, out, names, size, cfg))
     table = pd.concat(tables, ignore_index=True) if tables else empty_table()
+    table["cluster"] = table["cluster"].astype("int32")
     table["run_cam_max_median"] = float(summary.loc[usable, "cam_max"].median())
     if len(table):
         table = table.join(cluster_flags(table, cfg))
@@ -93,14 +110,15 @@ def describe_clusters(
     """One row per cluster of one class: statistics, geometry, mean map, typical examples."""
     rows = summary.iloc[result.rows]
     labels = pd.Series(result.labels, index=rows.index)
-    table = aggregate(rows, labels, [], by_label=False).reset_index(names="cluster")
+    cells = (grid_cell(summary["peak_x"]), grid_cell(summary["peak_y"]))  # the run's layer grid
+    table = aggregate(rows, labels, [], False, cells).reset_index(names="cluster")
     cls = result.class_index
     table.insert(0, "class_index", cls)
     table.insert(1, "class", names.get(cls, str(cls)))
     table["share"] = table["n"] / len(rows)
     table["radius"] = result.radius
     table["separation"] = result.separation
-    table["rest"] = [_rest(rows, result, c) for c in table["cluster"]]
+    table["rest"] = [_rest(rows, result, c, cells) for c in table["cluster"]]
     table["tightness"] = [  # how alike its maps are, against the class's other images'
         r / max(rest["radius"], 1e-9) if rest is not None else np.nan
         for r, rest in zip(table["radius"], table["rest"])
@@ -122,16 +140,19 @@ def describe_clusters(
     return table
 
 
-def _rest(rows: pd.DataFrame, result: ClassStrategies, cluster: int) -> pd.Series | None:
+def _rest(
+    rows: pd.DataFrame, result: ClassStrategies, cluster: int, cells: tuple[float, float]
+) -> pd.Series | None:
     """What a cluster is compared with: the class's other rows that the model got right (all
     its other rows where there are no labels), taken together: peak spread and spot, border and
     in-box mass, and their mean distance to their own cluster's centre. None if there are none.
     """
-    others = (result.labels != cluster) & (rows["correct"].astype("boolean") != False).to_numpy()  # noqa: E712
+    right = rows["correct"].astype("boolean").fillna(True).to_numpy(bool)  # unlabelled: kept
+    others = (result.labels != cluster) & right
     if not others.any():
         return None
     part = rows[others]
-    stats = aggregate(part, pd.Series(0, index=part.index), [], by_label=False).iloc[0]
+    stats = aggregate(part, pd.Series(0, index=part.index), [], False, cells).iloc[0]
     stats["radius"] = float(result.typicality[others].mean())
     return stats
 
@@ -147,15 +168,17 @@ def _save_mean_map(mean: np.ndarray, stem: Path, size: tuple[int, int]) -> Path:
 
 def empty_table() -> pd.DataFrame:
     """clusters.parquet with no rows (no class had enough rows, or strategies are off)."""
-    return pd.DataFrame(
-        {
-            "class_index": pd.Series(dtype="int64"),
-            "class": pd.Series(dtype="object"),
-            "cluster": pd.Series(dtype="int32"),
-            "n": pd.Series(dtype="int64"),
-            "share": pd.Series(dtype="float64"),
-            "flagged": pd.Series(dtype="bool"),
-            "flag_reasons": pd.Series(dtype="object"),
-            "suspicion": pd.Series(dtype="float64"),
-        }
-    )
+    floats = ["share", "accuracy", "pred_score_mean", "peak_x_mean", "peak_y_mean"]
+    floats += ["peak_spread", "peak_share", "radius", "separation", "tightness", "suspicion"]
+    floats += [f"{stat}_mean" for stat in STATS]
+    table = pd.DataFrame({column: pd.Series(dtype="float64") for column in floats})
+    table.insert(0, "class_index", pd.Series(dtype="int64"))
+    table.insert(1, "class", pd.Series(dtype="string"))
+    table.insert(2, "cluster", pd.Series(dtype="int32"))
+    table.insert(3, "n", pd.Series(dtype="int64"))
+    for column in ("mean_map_path", "mean_map_png"):
+        table[column] = pd.Series(dtype="string")
+    table["flagged"] = pd.Series(dtype="bool")
+    for column in ("examples", "example_rows", "flag_reasons"):
+        table[column] = pd.Series(dtype="object")
+    return table

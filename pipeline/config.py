@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +181,10 @@ def check_strategies(s: StrategiesConfig) -> None:
     for key, ok, expected in limits:
         if not ok:
             raise ConfigError(f"strategies.{key}={getattr(s, key)}; expected {expected}")
+    if s.virelay and importlib.util.find_spec("h5py") is None:
+        raise ConfigError(
+            "strategies.virelay=true needs the optional extra: pip install 'gradcam-audit[virelay]'"
+        )
 
 
 def register_configs() -> None:

@@ -13,6 +13,7 @@ import pandas as pd
 from pipeline.config import ReportConfig, StrategiesConfig
 
 BORDER_CHANCE = 1.0 - (1.0 - 2.0 / 8.0) ** 2  # area of the outer eighth (stats.BORDER): 0.4375
+IDENTICAL = 1e-4  # a cluster radius below this: its maps are copies (duplicate images)
 
 
 def _robust_outliers(values: pd.Series, eligible: pd.Series, cfg: ReportConfig) -> pd.DataFrame:
@@ -156,6 +157,7 @@ def cluster_flags(clusters: pd.DataFrame, cfg: StrategiesConfig) -> pd.DataFrame
             rest is not None
             and c["n"] >= cfg.min_cluster_n
             and c["cam_max_median"] >= cfg.weak_evidence * c["run_cam_max_median"]
+            and c["radius"] > IDENTICAL  # exactly equal maps: duplicate images, not a strategy
             and not (c["n_labelled"] >= cfg.min_cluster_n and c["accuracy"] < cfg.min_accuracy)
         )
         signs = _signs(c, rest, cfg) if eligible else []

@@ -195,7 +195,7 @@ def _flagged(audit: Audit, summary: pd.DataFrame) -> str:
         )
     else:
         parts.append("<p class='note'>Most suspicious first.</p>")
-    by_row = summary.set_index("row")
+    by_row = summary[summary["rank"].fillna(0) == 0].set_index("row")  # one row per image
     for _, row in flagged.iterrows():
         reasons = "".join(f"<li>{esc(r)}</li>" for r in row["flag_reasons"])
         figures = []

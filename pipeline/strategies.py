@@ -148,7 +148,8 @@ def cluster_maps(
     labels = np.zeros(n, np.int32)
     if k > 1:  # Ng-Jordan-Weiss: rows of the k leading eigenvectors, normalised to unit length
         lead = vectors[:, :k] / np.maximum(np.linalg.norm(vectors[:, :k], axis=1)[:, None], 1e-12)
-        labels = KMeans(k, n_init=10, random_state=seed).fit_predict(lead).astype(np.int32)
+        with threadpool_limits(1, user_api="blas"):  # the same result on any number of cores
+            labels = KMeans(k, n_init=10, random_state=seed).fit_predict(lead).astype(np.int32)
     labels = join_alike(_by_size(labels), features)
     return describe(labels, features, maps, values, vectors, gap)
 

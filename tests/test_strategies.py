@@ -196,3 +196,33 @@ def test_stage_writes_cluster_column_and_clusters_table(tmp_path):
     off = build_audit(tmp_path, ReportConfig(), StrategiesConfig(enabled=False), seed=0)
     assert off.strategies.clusters.empty
     assert set(pq.read_table(tmp_path / "summary.parquet").column("cluster").to_pylist()) == {-1}
+
+
+def test_unlabelled_topk_missing_and_duplicate_rows(tmp_path):
+    """No labels at all, runner-up rows of target=topk, a missing map file, and 15 copies of one
+    image: clustering still runs, those rows get -1, and the copies raise no flag."""
+    maps, truth = three_strategies(60)
+    copies = np.repeat(blob(0.3, 0.4)[None], 15, axis=0)  # duplicate images: identical maps
+    write_run(tmp_path, np.concatenate([maps, copies]), np.zeros(75, int))
+    summary = pq.read_table(tmp_path / "summary.parquet").to_pandas()
+    summary[["label", "label_index", "correct"]] = None  # a path-only manifest
+    summary.loc[5, "rank"] = 1  # a runner-up map (target=topk)
+    summary.loc[7, "heatmap_path"] = "heatmaps/gone.npy"
+    table = summary_table({c: summary[c].tolist() for c in summary.columns})
+    pq.write_table(table, tmp_path / "summary.parquet")
+    audit = build_audit(tmp_path, ReportConfig(), StrategiesConfig(), seed=0)
+    cluster = pq.read_table(tmp_path / "summary.parquet").column("cluster").to_pylist()
+    assert cluster[5] == -1 and cluster[7] == -1 and cluster[75:] == [-1, -1]
+    assert sum(c >= 0 for c in cluster) == 73
+    clusters = audit.strategies.clusters
+    assert clusters["cluster"].dtype == "int32" and not clusters["flagged"].any()
+    assert not audit.classes["flagged"].any()
+
+
+def test_all_rows_failed_gives_empty_tables(tmp_path):
+    write_run(tmp_path, np.zeros((0, 14, 14), np.float32), np.zeros(0, int), errors=3)
+    audit = build_audit(tmp_path, ReportConfig(), StrategiesConfig(), seed=0)
+    clusters = pd.read_parquet(tmp_path / "clusters.parquet")
+    assert clusters.empty and {"class_index", "cluster", "flagged", "examples"} <= set(clusters)
+    assert pq.read_table(tmp_path / "summary.parquet").column("cluster").to_pylist() == [-1] * 3
+    assert audit.classes.empty or not audit.classes["flagged"].any()
