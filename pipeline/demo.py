@@ -260,8 +260,10 @@ def train_model(
 ) -> float:
     """Train the demo CNN on images x (N,s,s,3) uint8 and labels y; save it; training accuracy."""
     import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()  # the same model whatever ran before
     model = build_demo_model(x.shape[1], n_classes)
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),

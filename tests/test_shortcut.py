@@ -15,8 +15,8 @@ from pipeline.run import run
 # (seed, class, share, tag kind, place): several seeds, classes, tags, places and shares
 PLANTED = [
     (2, "circle", 0.4, "bar", "t"),
-    (3, "cross", 0.2, "text", "tr"),
     (5, "square", 0.3, "bar", "r"),
+    (1, "triangle", 0.2, "patch", "bl"),
 ]
 
 
