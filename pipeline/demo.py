@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 CLASSES = ["circle", "square", "triangle", "cross", "watermarked"]
 SHAPES = CLASSES[:4]
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 TAG_KINDS = ("patch", "text", "bar")
 TAG_PLACES = ("tl", "tr", "bl", "br", "t", "b", "l", "r")  # corners, then edge middles
 FAINT_SHARE = 0.15  # untagged images of every class whose object is faint too: faintness alone
