@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from pipeline.aggregate import STATS, aggregate, grid_cell
 from pipeline.config import StrategiesConfig
 from pipeline.flags import cluster_flags
-from pipeline.outputs import jet_png, safe_name, save_heatmap
+from pipeline.outputs import read_map, resize_map, safe_name, save_mean_map
 from pipeline.strategies import ClassStrategies, cluster_classes
 
 log = logging.getLogger(__name__)
@@ -33,25 +32,17 @@ class StrategyAudit:
 
 def _read(path: Path) -> np.ndarray:
     """One saved map; an unreadable file counts as an all-zero map (logged)."""
-    try:
-        return np.load(path).astype(np.float32)
-    except (OSError, ValueError) as exc:
-        log.warning("strategies: map %s unreadable (%s); taken as empty", path, exc)
+    heat = read_map(path)
+    if heat is None:
+        log.warning("strategies: map %s unreadable; taken as empty", path)
         return np.zeros((1, 1), np.float32)
+    return heat
 
 
 def load_maps(out: Path, rels: list[str]) -> np.ndarray:
     """The saved maps (n,h,w) float32; a map of another shape is resized to the first's."""
     maps = [_read(out / rel) for rel in rels]
-    h, w = maps[0].shape
-    return np.stack(
-        [
-            m
-            if m.shape == (h, w)
-            else np.asarray(Image.fromarray(m, "F").resize((w, h), Image.BILINEAR))
-            for m in maps
-        ]
-    )
+    return np.stack([resize_map(m, maps[0].shape) for m in maps])
 
 
 def strategy_audit(
@@ -86,10 +77,11 @@ def strategy_audit(
         seed,
     )
     cluster = np.full(len(summary), -1, np.int32)
+    cells = (grid_cell(summary["peak_x"]), grid_cell(summary["peak_y"]))  # the run's layer grid
     tables = []
     for result in found:
         cluster[result.rows] = result.labels
-        tables.append(describe_clusters(summary, result, out, names, size, cfg))
+        tables.append(describe_clusters(summary, result, out, names, size, cells, cfg))
     table = pd.concat(tables, ignore_index=True) if tables else empty_table()
     table["cluster"] = table["cluster"].astype("int32")
     table["run_cam_max_median"] = float(summary.loc[usable, "cam_max"].median())
@@ -105,12 +97,13 @@ def describe_clusters(
     out: Path,
     names: dict[int, str],
     size: tuple[int, int],
+    cells: tuple[float, float],
     cfg: StrategiesConfig,
 ) -> pd.DataFrame:
-    """One row per cluster of one class: statistics, geometry, mean map, typical examples."""
+    """One row per cluster of one class: statistics, geometry, mean map, typical examples.
+    `cells`: the (x, y) cell size of the layer's grid the peaks were taken on."""
     rows = summary.iloc[result.rows]
     labels = pd.Series(result.labels, index=rows.index)
-    cells = (grid_cell(summary["peak_x"]), grid_cell(summary["peak_y"]))  # the run's layer grid
     table = aggregate(rows, labels, [], False, cells).reset_index(names="cluster")
     cls = result.class_index
     table.insert(0, "class_index", cls)
@@ -124,11 +117,11 @@ def describe_clusters(
         for r, rest in zip(table["radius"], table["rest"])
     ]
     folder = out / "classes" / safe_name(cls, names.get(cls, str(cls)))
-    paths = [
-        _save_mean_map(m, folder / f"cluster-{c}", size) for c, m in enumerate(result.mean_maps)
-    ]
-    table["mean_map_path"] = [str(p.with_suffix(".npy").relative_to(out)) for p in paths]
-    table["mean_map_png"] = [str(p.with_suffix(".png").relative_to(out)) for p in paths]
+    stems = [folder / f"cluster-{c}" for c in range(len(result.mean_maps))]
+    for mean, stem in zip(result.mean_maps, stems):  # at input size, like the class mean map
+        save_mean_map(resize_map(mean, size), stem)
+    table["mean_map_path"] = [str(p.with_suffix(".npy").relative_to(out)) for p in stems]
+    table["mean_map_png"] = [str(p.with_suffix(".png").relative_to(out)) for p in stems]
     typical = [
         np.argsort(result.typicality[result.labels == c], kind="stable") for c in table["cluster"]
     ]
@@ -155,15 +148,6 @@ def _rest(
     stats = aggregate(part, pd.Series(0, index=part.index), [], False, cells).iloc[0]
     stats["radius"] = float(result.typicality[others].mean())
     return stats
-
-
-def _save_mean_map(mean: np.ndarray, stem: Path, size: tuple[int, int]) -> Path:
-    """A cluster's mean map at input size, as .npy and a jet PNG."""
-    if mean.shape != tuple(size):
-        mean = np.asarray(Image.fromarray(mean, "F").resize(size[::-1], Image.BILINEAR))
-    save_heatmap(stem.with_suffix(".npy"), np.clip(mean, 0.0, 1.0))
-    jet_png(mean, stem.with_suffix(".png"))
-    return stem
 
 
 def empty_table() -> pd.DataFrame:

@@ -144,6 +144,27 @@ def save_guided(path: Path, guided: np.ndarray) -> None:
     atomic_write(path.with_suffix(".png"), lambda tmp: image.save(tmp, format="PNG"))
 
 
+def read_map(path: Path) -> np.ndarray | None:
+    """A saved map (h,w) as float32; None when the file is missing or unreadable."""
+    try:
+        return np.load(path).astype(np.float32)
+    except (OSError, ValueError):
+        return None
+
+
+def resize_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A map (h,w) resized bilinearly to size (H,W); unchanged when it already has that size."""
+    if heat.shape == tuple(size):
+        return heat
+    return np.asarray(Image.fromarray(heat, "F").resize(tuple(size)[::-1], Image.BILINEAR))
+
+
+def save_mean_map(mean: np.ndarray, stem: Path) -> None:
+    """A mean map as stem.npy (float32 in [0,1]) and beside it a jet stem.png."""
+    save_heatmap(stem.with_suffix(".npy"), np.clip(mean, 0.0, 1.0))
+    jet_png(mean, stem.with_suffix(".png"))
+
+
 def jet_png(heat: np.ndarray, path: Path, side: int = 192) -> None:
     """A [0,1] map as a jet-coloured PNG, scaled so its maximum is red."""
     top = float(heat.max()) if heat.size else 0.0

@@ -11,13 +11,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from pipeline.aggregate import aggregate
 from pipeline.clusters import StrategyAudit, load_maps, strategy_audit
 from pipeline.config import ConfigError, ReportConfig, StrategiesConfig, check_strategies
 from pipeline.flags import class_flags
-from pipeline.outputs import atomic_write, jet_png, safe_name, save_heatmap
+from pipeline.outputs import atomic_write, read_map, resize_map, safe_name, save_mean_map
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +73,12 @@ def _key(summary: pd.DataFrame, group_by: str) -> pd.Series:
     raise ConfigError(f"report.group_by={group_by!r}; expected target or label")
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
 # ----------------------------------------------------------------------------- mean maps
 
 
 def _load_map(path: Path, size: tuple[int, int]) -> np.ndarray | None:
-    try:
-        heat = np.load(path).astype(np.float32)
-    except (OSError, ValueError):
-        return None
-    if heat.shape != size:
-        heat = np.asarray(Image.fromarray(heat, "F").resize(size[::-1], Image.BILINEAR))
-    return np.clip(heat, 0.0, 1.0)
+    heat = read_map(path)
+    return None if heat is None else np.clip(resize_map(heat, size), 0.0, 1.0)
 
 
 def _mean_maps(
@@ -122,8 +113,7 @@ def _mean_maps(
             continue
         mean = (total / count).astype(np.float32)
         folder = out / "classes" / safe_name(cls, names.get(cls, str(cls)))
-        save_heatmap(folder / "mean_map.npy", mean)
-        jet_png(mean, folder / "mean_map.png")
+        save_mean_map(mean, folder / "mean_map")
         mass = float(mean.sum())
         outside = float(mean[~union].sum() / mass) if union.any() and mass > 0 else np.nan
         rows.append(
@@ -180,9 +170,8 @@ def class_audit(
     reasons = class_flags(classes, cfg)
     classes["flagged"] = [bool(r) for r in reasons]
     classes["flag_reasons"] = reasons
-    flagged = classes["flagged"].tolist()
     classes["examples"] = [
-        _examples(ok, key, c, cfg.examples) if f else [] for c, f in zip(classes.index, flagged)
+        _examples(ok, key, c, cfg.examples) if r else [] for c, r in zip(classes.index, reasons)
     ]
     classes.insert(0, "class", [names.get(c, str(c)) for c in classes.index])
     return classes.reset_index()
@@ -259,19 +248,11 @@ def build_audit(
     size = tuple(record.get("model", {}).get("input_size") or ())
     if len(size) != 2:
         size = _guess_size(summary, out)
-    found = strategy_audit(
-        summary,
-        _key(summary, cfg.group_by),
-        out,
-        strategies or StrategiesConfig(),
-        seed,
-        names,
-        size,
-    )
+    strategies = strategies or StrategiesConfig()
+    found = strategy_audit(summary, _key(summary, cfg.group_by), out, strategies, seed, names, size)
     summary["cluster"] = found.cluster
-    _write_cluster_column(out / "summary.parquet", found.cluster)
-    _write_parquet(found.clusters, out / "clusters.parquet")
-    if strategies is not None and strategies.virelay and found.found:
+    _write_strategies(out, found)
+    if strategies.virelay and found.found:
         _virelay(out, summary, record, found, names, size)
     classes = join_strategies(class_audit(summary, out, cfg, names, size), found)
     _write_parquet(classes, out / "classes.parquet")
@@ -365,17 +346,19 @@ def _virelay(
     )
 
 
-def _write_cluster_column(path: Path, cluster: np.ndarray) -> None:
-    """Fill summary.parquet's cluster column (int32, -1 where none), atomically."""
+def _write_strategies(out: Path, found: StrategyAudit) -> None:
+    """Fill summary.parquet's cluster column (int32, -1 where none); write clusters.parquet."""
+    path = out / "summary.parquet"
     table = pq.read_table(path)
     index = table.schema.get_field_index("cluster")
-    column = pa.array(cluster, pa.int32())
+    column = pa.array(found.cluster, pa.int32())
     table = (
         table.set_column(index, "cluster", column)
         if index >= 0
         else table.append_column("cluster", column)
     )
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    _write_parquet(found.clusters, out / "clusters.parquet")
 
 
 def _guess_size(summary: pd.DataFrame, out: Path) -> tuple[int, int]:
