@@ -18,8 +18,6 @@ log = logging.getLogger(__name__)
 CLASSES = ["circle", "square", "triangle", "cross", "watermarked"]
 SHAPES = CLASSES[:4]
 DEMO_VERSION = 4
-TAG_KINDS = ("patch", "text", "bar")
-TAG_PLACES = ("tl", "tr", "bl", "br", "t", "b", "l", "r")  # corners, then edge middles
 FAINT_SHARE = 0.15  # untagged images of every class whose object is faint too: faintness alone
 # must tell no class apart, or a model learns "faint -> the tagged class" instead of the tag
 
@@ -117,7 +115,6 @@ def draw_tag(draw: ImageDraw.ImageDraw, kind: str, place: str, size: int) -> Non
         draw.rectangle((x0, y0 + m // 3, x1, y1 - m // 3), fill=(250, 210, 0))
         for i in range(x0, x1 + 1, 2):
             draw.point((i, y0 + m // 3), fill=(0, 0, 0))
-    return None
 
 
 def draw_example(

@@ -100,7 +100,7 @@ def class_flags(classes: pd.DataFrame, cfg: ReportConfig) -> list[list[str]]:
 def _signs(c: pd.Series, rest: pd.Series, cfg: StrategiesConfig) -> list[tuple[float, str]]:
     """(strength, reason) of each shortcut sign of one cluster; strength >= 1 flags it.
 
-    `rest` holds the same statistics over the class's other clusters' rows.
+    `rest` holds the same statistics over the class's other rows the model got right.
     """
     signs = []
     moves = rest["peak_share"] <= cfg.moving_share

@@ -8,7 +8,7 @@ number of clusters (the eigengap) and its eigenvectors the embedding that k-mean
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import linalg, sparse
@@ -227,6 +227,5 @@ def cluster_classes(
         if len(rows) < max(min_class_n, 3):
             continue
         result = cluster_maps(load_maps(rows), max_clusters, neighbors, grid, seed)
-        result.class_index, result.rows = int(cls), rows
-        found.append(result)
+        found.append(replace(result, class_index=int(cls), rows=rows))
     return found
