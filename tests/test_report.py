@@ -300,6 +300,10 @@ def test_report_command_errors(tmp_path, synthetic_run, capsys):
         main([str(synthetic_run), "strategies.grid=1"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "strategies.grid=1; expected an integer >= 2" in err
+    with pytest.raises(SystemExit) as exc:  # a setting of neither group
+        main([str(synthetic_run), "strategy.grid=8"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "unknown setting 'strategy.grid=8'" in err
     assert not (synthetic_run / "classes.parquet").exists()
 
 
