@@ -1,4 +1,4 @@
-"""Typed config schema (registered in Hydra's ConfigStore) and the config error type."""
+"""Typed config schema (registered in Hydra's ConfigStore) and the checks of its values."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-
-class ConfigError(ValueError):
-    """A problem with the configuration or its inputs, found before any work: exit code 2."""
+from pipeline.errors import ConfigError
 
 
 @dataclass

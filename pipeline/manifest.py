@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 
 BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
 READERS = {

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 
 COLUMNS = {  # metric name -> summary column
     "deletion": "deletion_auc",

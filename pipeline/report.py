@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 
 from pipeline.aggregate import aggregate
 from pipeline.clusters import StrategyAudit, load_maps, strategy_audit
-from pipeline.config import ConfigError, ReportConfig, StrategiesConfig, check_strategies
+from pipeline.config import ReportConfig, StrategiesConfig, check_strategies
+from pipeline.errors import ConfigError
 from pipeline.flags import class_flags
 from pipeline.outputs import atomic_write, read_map, resize_map, safe_name, save_mean_map
 

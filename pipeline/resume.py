@@ -13,9 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.faults import checkpoint
-from pipeline.outputs import SUMMARY_SCHEMA, atomic_write, write_json
+from pipeline.outputs import atomic_write, write_json
+from pipeline.summary import SUMMARY_SCHEMA
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 import platform
-import re
 import sys
 import threading
 import time
@@ -25,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from pipeline import CONF_DIR, __version__
-from pipeline.config import ConfigError, check_strategies, register_configs
+from pipeline.cli.common import check_error_budget, one_line
+from pipeline.config import check_strategies, register_configs
+from pipeline.errors import ConfigError
 from pipeline.faults import checkpoint
 from pipeline.manifest import BOX_COLUMNS, read_manifest, resolve_labels
 from pipeline.outputs import (
@@ -33,11 +34,11 @@ from pipeline.outputs import (
     save_guided,
     save_heatmap,
     save_overlay,
-    summary_table,
     write_json,
 )
 from pipeline.resume import check_writable, fingerprint, is_complete, mark_complete, prepare
 from pipeline.shards import check_shard, shard_dir, shard_rows
+from pipeline.summary import error_kinds, summary_table
 
 log = logging.getLogger(__name__)
 PENDING_BATCHES = 2  # batches whose files may still be in flight before their rows are written
@@ -185,12 +186,6 @@ def _inputs(cfg: DictConfig) -> tuple[str, str | None, object]:
     if not manifest_path:
         raise ConfigError("data.manifest is required: data.manifest=images.csv (or run the demo)")
     return manifest_path, model_path, class_names
-
-
-def error_kinds(errors: pd.Series, top: int = 5) -> list[tuple[str, int]]:
-    """The commonest error messages, paths and details stripped: [(kind, count)]."""
-    kinds = errors.dropna().map(lambda m: re.split(r"[:(]", m, maxsplit=1)[0].strip())
-    return [(k, int(n)) for k, n in kinds.value_counts().head(top).items()]
 
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
@@ -646,20 +641,6 @@ def _run_record(cfg, config, loaded, manifest_path, hashes, counts, rows, second
 _task_started = False
 
 
-def one_line(exc: BaseException) -> str:
-    """A config exception (and its root cause) folded into one line, without search paths."""
-    parts = []
-    while exc is not None:
-        text = re.sub(r":\s*\n\t", ": ", str(exc).strip())
-        text = re.sub(r"\n\t", ", ", text)
-        text = text.split("Config search path")[0].split("Set the environment variable")[0]
-        text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-        if text and text not in parts:
-            parts.append(text.split(" full_key:")[0].strip())
-        exc = exc.__cause__ or exc.__context__
-    return ": ".join(parts[:1] + parts[-1:] if len(parts) > 1 else parts) or "invalid config"
-
-
 def fail(message: str, code: int = 2) -> None:
     """Print one line on stderr and exit."""
     print(f"gradcam-audit: error: {message}", file=sys.stderr)
@@ -712,20 +693,6 @@ def task(cfg: DictConfig) -> None:
         print(result.class_table)
     if cfg.shard.count == 1:  # a sharded run's budget is checked when the shards are merged
         check_error_budget(result.rows, result.errors, result.top_errors, cfg.max_error_rate)
-
-
-def check_error_budget(rows: int, errors: int, top_errors, max_rate: float) -> None:
-    """Exit with code 3 (outputs already written) when too large a share of rows failed."""
-    rate = errors / rows if rows else 0.0
-    if rate > max_rate:
-        print(
-            f"\n{errors} of {rows} rows failed ({rate:.1%}), more than "
-            f"max_error_rate={max_rate:.1%}; commonest errors:",
-            file=sys.stderr,
-        )
-        for kind, count in top_errors:
-            print(f"  {count:>7d}  {kind}", file=sys.stderr)
-        sys.exit(3)
 
 
 def shorthand(arg: str) -> str:

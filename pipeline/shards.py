@@ -11,8 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import ConfigError
-from pipeline.outputs import SUMMARY_SCHEMA, atomic_write, write_json
+from pipeline.errors import ConfigError
+from pipeline.outputs import atomic_write, write_json
+from pipeline.summary import SUMMARY_SCHEMA, error_kinds
 
 log = logging.getLogger(__name__)
 SHARDS = "shards"
@@ -125,7 +126,6 @@ def merge_and_report(out: Path, allow_partial: bool = False) -> tuple[int, int, 
     import pandas as pd
 
     from pipeline.report import audit_settings, build_audit
-    from pipeline.run import error_kinds
 
     merge(out, allow_partial)
     config = json.loads((out / "run.json").read_text()).get("config", {})
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from pipeline.run import check_error_budget
+    from pipeline.cli.common import check_error_budget
 
     try:
         rows, errors, kinds, budget = merge_and_report(args.output_dir, args.allow_partial)

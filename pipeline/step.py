@@ -18,7 +18,7 @@ TARGET_TOPK = -3  # every one of the model.topk best classes: K maps (and rows) 
 
 def target_code(target: object, n_classes: int) -> int:
     """Map `target` (pred | label | class index) to the code used inside the step."""
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
 
     if target == "pred":
         return TARGET_PRED

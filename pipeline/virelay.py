@@ -29,7 +29,7 @@ import pandas as pd
 import yaml
 from PIL import Image, ImageOps
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.outputs import atomic_write
 from pipeline.strategies import ClassStrategies
 

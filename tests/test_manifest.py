@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.manifest import read_manifest, resolve_labels
 
 ROWS = pd.DataFrame(

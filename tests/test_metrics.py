@@ -9,8 +9,8 @@ import pytest
 from conftest import SIZE, compose_cfg, custom_model, no_boxes
 
 from pipeline.cam import get_method
-from pipeline.config import ConfigError
 from pipeline.demo import ensure_demo
+from pipeline.errors import ConfigError
 from pipeline.manifest import read_manifest, resolve_labels
 from pipeline.metrics import COLUMNS, build_metrics, check_names
 from pipeline.model import load_model

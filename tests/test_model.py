@@ -8,7 +8,7 @@ import pytest
 from conftest import N_CLASSES, SIZE, no_boxes
 
 from pipeline.cam import get_method
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.model import PRESETS, find_layer, load_model
 from pipeline.step import TARGET_PRED, build_step
 

@@ -20,8 +20,9 @@ from PIL import Image
 
 from pipeline import report_html
 from pipeline.config import ReportConfig, StrategiesConfig
-from pipeline.outputs import save_heatmap, summary_table
+from pipeline.outputs import save_heatmap
 from pipeline.report import build_audit, main
+from pipeline.summary import summary_table
 
 NAMES = ["cat", "dog", "bird", "fish"]
 SIDE = 32

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import SIZE, custom_model, noise_pngs, run_cli, write_csv
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.faults import ENV
 from pipeline.resume import PARTS
 from pipeline.run import run

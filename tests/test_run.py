@@ -13,9 +13,10 @@ import pytest
 from conftest import N_CLASSES, SIZE, write_csv
 from PIL import Image
 
-from pipeline.config import ConfigError
-from pipeline.outputs import SUMMARY_SCHEMA, safe_name
+from pipeline.errors import ConfigError
+from pipeline.outputs import safe_name
 from pipeline.run import normalise_tolerance, run
+from pipeline.summary import SUMMARY_SCHEMA
 
 REQUIRED = (
     "id path status error label label_index pred_index pred_label pred_score topk_index "

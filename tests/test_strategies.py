@@ -12,7 +12,7 @@ from scipy import sparse
 
 from pipeline.aggregate import grid_cell, spot_share
 from pipeline.config import ReportConfig, StrategiesConfig
-from pipeline.outputs import save_heatmap, summary_table
+from pipeline.outputs import save_heatmap
 from pipeline.report import build_audit
 from pipeline.strategies import SHARPEN as P
 from pipeline.strategies import (
@@ -23,6 +23,7 @@ from pipeline.strategies import (
     pool_matrix,
     spectrum,
 )
+from pipeline.summary import summary_table
 
 
 def blob(cx: float, cy: float, side: int = 14, width: float = 0.08) -> np.ndarray:

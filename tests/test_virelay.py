@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.strategies import ClassStrategies
 from pipeline.virelay import export_virelay
 

@@ -9,7 +9,7 @@ from pipeline.cam.hirescam import HiResCam
 from pipeline.cam.layercam import LayerCam
 from pipeline.cam.scorecam import ScoreCam
 from pipeline.cam.xgradcam import XGradCam
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 
 METHODS: dict[str, type[CamMethod]] = {
     cls.name: cls
