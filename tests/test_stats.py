@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from pipeline.stats import attention_stats
+from pipeline.stats import STAT_COLUMNS, AttentionStats, attention_stats
 
 NO_BOX = np.zeros((1, 4), np.float32)
 
@@ -15,7 +16,7 @@ NO_BOX = np.zeros((1, 4), np.float32)
 def stats_of(m: np.ndarray, box=None) -> dict[str, float]:
     boxes = NO_BOX if box is None else np.array([box], np.float32)
     res = attention_stats(m[None].astype(np.float32), boxes, np.array([box is not None]))
-    return {k: float(v.numpy()[0]) for k, v in res.items()}
+    return {k: float(v.numpy()[0]) for k, v in res._asdict().items()}
 
 
 def test_single_hot_pixel():
@@ -84,12 +85,31 @@ def test_two_pixels_half_mass_each():
     assert math.isnan(s["energy_in_box"])  # no box given
 
 
+def test_fields_are_the_columns_and_compile_in_a_tf_function():
+    """A typed result whose fields are the summary columns, eager and inside tf.function alike."""
+    rng = np.random.default_rng(1)
+    maps = rng.random((3, 6, 10)).astype(np.float32)
+    boxes = np.tile(np.array([[0.1, 0.2, 0.6, 0.9]], np.float32), (3, 1))
+    valid = np.array([True, False, True])
+    eager = attention_stats(maps, boxes, valid)
+    compiled = tf.function(attention_stats)(maps, boxes, valid)
+    assert isinstance(eager, AttentionStats) and isinstance(compiled, AttentionStats)
+    assert STAT_COLUMNS == AttentionStats._fields == tuple(eager._asdict())
+    for name in STAT_COLUMNS:
+        got = getattr(compiled, name)
+        assert got.dtype == tf.float32 and got.shape == (3,), name
+        # graph rewrites may round the last bit differently from eager
+        np.testing.assert_allclose(
+            got.numpy(), getattr(eager, name).numpy(), rtol=1e-6, err_msg=name
+        )
+
+
 def test_batch_is_per_image():
     maps = np.zeros((3, 8, 8), np.float32)
     maps[0, 0, 0] = 1
     maps[1] = 1
     res = attention_stats(maps, np.zeros((3, 4), np.float32), np.zeros(3, bool))
-    ent = res["cam_entropy"].numpy()
+    ent = res.cam_entropy.numpy()
     assert ent[0] == pytest.approx(0) and ent[1] == pytest.approx(1) and math.isnan(ent[2])
 
 
@@ -97,12 +117,10 @@ def test_peak_taken_on_coarse_map_cell_centre():
     """An edge cell's plateau after upsampling must not pull the peak to the image edge."""
     coarse = np.zeros((1, 7, 7), np.float32)
     coarse[0, 3, 0] = 1.0  # left edge cell, middle row
-    import tensorflow as tf
-
     up = tf.image.resize(coarse[..., None], (224, 224))[..., 0]
     res = attention_stats(up, np.zeros((1, 4), np.float32), np.zeros(1, bool), coarse=coarse)
-    assert float(res["peak_x"][0]) == pytest.approx(0.5 / 7)
-    assert float(res["peak_y"][0]) == pytest.approx(3.5 / 7)
+    assert float(res.peak_x[0]) == pytest.approx(0.5 / 7)
+    assert float(res.peak_y[0]) == pytest.approx(3.5 / 7)
 
 
 def _reference(m: np.ndarray, box: np.ndarray, valid: bool) -> dict[str, float]:
@@ -135,7 +153,7 @@ def test_random_maps_match_the_pixel_by_pixel_definitions():
     corners = rng.random((6, 2, 2))
     boxes = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1).astype(np.float32)
     valid = np.array([True, True, True, False, True, True])
-    got = {k: v.numpy() for k, v in attention_stats(maps, boxes, valid).items()}
+    got = {k: v.numpy() for k, v in attention_stats(maps, boxes, valid)._asdict().items()}
     for i in range(len(maps)):
         for key, expected in _reference(maps[i].astype(np.float64), boxes[i], valid[i]).items():
             np.testing.assert_allclose(got[key][i], expected, atol=2e-6, err_msg=f"{key}, map {i}")
@@ -154,8 +172,8 @@ def hit_at(box_px, tolerance_px: float) -> float:
     box = np.array([box_px], np.float32) / np.array([W, H, W, H], np.float32)
     tol = np.array([[tolerance_px / W, tolerance_px / H]], np.float32)
     res = attention_stats(m, box, np.array([True]), tol)
-    assert float(res["peak_x"][0]) * W == pytest.approx(50) and float(res["peak_y"][0]) * H == 15
-    return float(res["pointing_hit"][0])
+    assert float(res.peak_x[0]) * W == pytest.approx(50) and float(res.peak_y[0]) * H == 15
+    return float(res.pointing_hit[0])
 
 
 @pytest.mark.parametrize(
@@ -188,7 +206,7 @@ def test_pointing_tolerance_is_per_image():
     sizes = np.array([[160, 40], [160, 40], [40, 160], [40, 160]], np.float32)  # (W,H)
     tol_px = np.array([15, 5, 5, 1], np.float32)  # dx is 10 px (W=160) or 2.5 px (W=40)
     res = attention_stats(maps, boxes, np.ones(4, bool), tol_px[:, None] / sizes)
-    np.testing.assert_array_equal(res["pointing_hit"].numpy(), [1.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(res.pointing_hit.numpy(), [1.0, 0.0, 1.0, 0.0])
 
 
 def test_pointing_without_tolerance_is_inside_only():
@@ -199,4 +217,4 @@ def test_pointing_without_tolerance_is_inside_only():
     res = attention_stats(
         m[None].astype(np.float32), np.array([near], np.float32), np.ones(1, bool), np.zeros((1, 2))
     )
-    assert float(res["pointing_hit"][0]) == 0.0
+    assert float(res.pointing_hit[0]) == 0.0
