@@ -1,4 +1,7 @@
-"""Shards: which rows a shard owns, where it writes, and merging the shards into one run."""
+"""Shards: which rows a shard owns, where it writes, and merging the shards into one run.
+
+The command line around merging (`gradcam-audit-merge`, the Hydra callback) is pipeline.cli.merge.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -123,8 +127,8 @@ def merge_and_report(out: Path, allow_partial: bool = False) -> tuple[int, int, 
 
     Returns (rows, errors, commonest error kinds, max_error_rate) for the error budget.
     """
-    import pandas as pd
-
+    # imported here: the report's scikit-learn and scipy take seconds to load, and run.py
+    # (which needs only shard_rows and shard_dir from here) starts without them
     from pipeline.report import audit_settings, build_audit
 
     merge(out, allow_partial)
@@ -135,61 +139,3 @@ def merge_and_report(out: Path, allow_partial: bool = False) -> tuple[int, int, 
     summary = pd.read_parquet(out / "summary.parquet", columns=["status", "error"])
     errors = int((summary["status"] != "ok").sum())
     return len(summary), errors, error_kinds(summary["error"]), config.get("max_error_rate", 1.0)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`gradcam-audit-merge OUTPUT_DIR [--allow-partial]`."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(
-        prog="gradcam-audit-merge",
-        description="Combine the shards of a sharded run into one summary.parquet and report.",
-    )
-    parser.add_argument("output_dir", type=Path)
-    parser.add_argument(
-        "--allow-partial",
-        action="store_true",
-        help="merge the complete shards even if some are missing or unfinished",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from pipeline.cli.common import check_error_budget
-
-    try:
-        rows, errors, kinds, budget = merge_and_report(args.output_dir, args.allow_partial)
-    except ConfigError as exc:
-        print(f"gradcam-audit-merge: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print(f"merged {rows} rows ({errors} errors): {args.output_dir / 'summary.parquet'}")
-    check_error_budget(rows, errors, kinds, budget)
-
-
-class MergeShards:
-    """Hydra callback: at the end of a multirun over shards, merge them when all are done."""
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        shard = config.get("shard")
-        if not shard or shard.count <= 1:
-            return
-        try:
-            rows, errors, _, budget = merge_and_report(
-                Path(config.output_dir), bool(config.merge.allow_partial)
-            )
-            if rows and errors / rows > budget:
-                log.warning(
-                    "%d of %d rows failed, more than max_error_rate=%s", errors, rows, budget
-                )
-        except ConfigError as exc:
-            log.error(
-                "not merged: %s; run gradcam-audit-merge %s when the shards are done",
-                exc,
-                config.output_dir,
-            )
-
-    # Hydra calls these too; nothing to do
-    def on_run_start(self, config, **kwargs) -> None: ...
-    def on_run_end(self, config, **kwargs) -> None: ...
-    def on_multirun_start(self, config, **kwargs) -> None: ...
-    def on_job_start(self, config, **kwargs) -> None: ...
-    def on_job_end(self, config, job_return, **kwargs) -> None: ...

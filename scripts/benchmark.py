@@ -320,7 +320,7 @@ def stage_clocks(clock: dict[str, float]):
     """
     import sklearn.neighbors
 
-    from pipeline import strategies
+    from pipeline.report import strategies
 
     def timed(name: str, fn: Callable) -> Callable:
         def wrapper(*args, **kwargs):
@@ -388,7 +388,7 @@ def strategies_run(spec: str) -> int:
     """Child process: cluster the maps of one .npy file; print one JSON line of numbers."""
     import hashlib
 
-    from pipeline import strategies
+    from pipeline.report import strategies
 
     job = json.loads(spec)
     maps = np.load(job["maps"])  # (n,h,w) float32: one class's maps, as the pipeline loads them

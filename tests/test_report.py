@@ -18,10 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import report_html
+from pipeline.cli.report import main
 from pipeline.config import ReportConfig, StrategiesConfig
 from pipeline.outputs import save_heatmap
-from pipeline.report import build_audit, main
+from pipeline.report import build_audit
+from pipeline.report import html as report_html
 from pipeline.summary import summary_table
 
 NAMES = ["cat", "dog", "bird", "fish"]
@@ -282,7 +283,7 @@ def test_report_html_links_resolve_and_survive_a_move(synthetic_run, tmp_path):
 def test_report_command_rebuilds_without_tensorflow(synthetic_run):
     (synthetic_run / "classes.parquet").unlink(missing_ok=True)
     code = (
-        "import sys; from pipeline.report import main; "
+        "import sys; from pipeline.cli.report import main; "
         f"main([{str(synthetic_run)!r}, 'report.group_by=label']); "
         "assert 'tensorflow' not in sys.modules, 'report imported tensorflow'"
     )

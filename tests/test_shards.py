@@ -12,9 +12,9 @@ import pytest
 from conftest import custom_model, noise_pngs, write_csv
 from conftest import run_cli as cli
 
+from pipeline.cli.merge import main as merge_main
 from pipeline.errors import ConfigError
 from pipeline.run import run
-from pipeline.shards import main as merge_main
 from pipeline.shards import merge, shard_rows
 
 

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import sparse
 
-from pipeline.aggregate import grid_cell, spot_share
 from pipeline.config import ReportConfig, StrategiesConfig
 from pipeline.outputs import save_heatmap
 from pipeline.report import build_audit
-from pipeline.strategies import SHARPEN as P
-from pipeline.strategies import (
+from pipeline.report.aggregate import grid_cell, spot_share
+from pipeline.report.strategies import SHARPEN as P
+from pipeline.report.strategies import (
     choose_k,
     cluster_maps,
     grid_features,

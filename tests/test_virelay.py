@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import ConfigError
-from pipeline.strategies import ClassStrategies
-from pipeline.virelay import export_virelay
+from pipeline.report.strategies import ClassStrategies
+from pipeline.report.virelay import export_virelay
 
 NAMES = {0: "cat", 1: "dog", 2: "bird"}
 INPUT = (24, 32)  # (height, width): not square, so a swapped axis shows

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -31,7 +31,7 @@ from PIL import Image, ImageOps
 
 from pipeline.errors import ConfigError
 from pipeline.outputs import atomic_write
-from pipeline.strategies import ClassStrategies
+from pipeline.report.strategies import ClassStrategies
 
 log = logging.getLogger(__name__)
 
@@ -151,28 +151,30 @@ def _write_dataset(
     input_size: tuple[int, int],
 ) -> None:
     """dataset.h5: the images (N,H,W,3) uint8 and their true labels (N,)."""
-    height, width = input_size
+    shape = (len(positions), *input_size, 3)  # (N,H,W,3)
     ids = rows["id"].astype(str).tolist() if "id" in rows else [str(p) for p in positions]
 
     def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             data = f.create_dataset(
-                "data",
-                (len(positions), height, width, 3),
-                np.uint8,
-                chunks=(1, height, width, 3),
-                compression="gzip",
+                "data", shape, np.uint8, chunks=(1, *shape[1:]), compression="gzip"
             )
-            for start in range(0, len(positions), BATCH):
-                batch = positions[start : start + BATCH]
-                data[start : start + len(batch)] = np.stack(
-                    [_image(image_path, p, input_size) for p in batch]
-                )
+            for start, images in _image_batches(positions, image_path, input_size):
+                data[start : start + len(images)] = images
             f.create_dataset("label", data=labels)
             f.create_dataset("row", data=positions)
             f.create_dataset("id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
 
     atomic_write(path, write)
+
+
+def _image_batches(
+    positions: np.ndarray, image_path: Callable[[int], Path], input_size: tuple[int, int]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, images (b,H,W,3) uint8) of the rows' images, BATCH rows at a time."""
+    for start in range(0, len(positions), BATCH):
+        batch = positions[start : start + BATCH]
+        yield start, np.stack([_image(image_path, p, input_size) for p in batch])
 
 
 def _image(

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.aggregate import STATS, aggregate, grid_cell
 from pipeline.config import StrategiesConfig
-from pipeline.flags import cluster_flags
 from pipeline.outputs import read_map, resize_map, safe_name, save_mean_map
-from pipeline.strategies import ClassStrategies, cluster_classes
+from pipeline.report.aggregate import STATS, aggregate, grid_cell
+from pipeline.report.flags import cluster_flags
+from pipeline.report.strategies import ClassStrategies, cluster_classes
 
 log = logging.getLogger(__name__)
 TEMPORARY = ["rest", "run_cam_max_median"]  # flag inputs, not written

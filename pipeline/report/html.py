@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import numpy as np
@@ -14,10 +13,8 @@ from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
 from pipeline.outputs import atomic_write
-
-if TYPE_CHECKING:
-    from pipeline.report import Audit
-    from pipeline.strategies import ClassStrategies
+from pipeline.report.strategies import ClassStrategies
+from pipeline.report.types import Audit
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2433;

@@ -4,33 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from omegaconf import OmegaConf
 
-from pipeline.aggregate import aggregate
-from pipeline.clusters import StrategyAudit, load_maps, strategy_audit
 from pipeline.config import ReportConfig, StrategiesConfig, check_strategies
 from pipeline.errors import ConfigError
-from pipeline.flags import class_flags
 from pipeline.outputs import atomic_write, read_map, resize_map, safe_name, save_mean_map
+from pipeline.report.aggregate import aggregate
+from pipeline.report.clusters import StrategyAudit, load_maps, strategy_audit
+from pipeline.report.flags import class_flags
+from pipeline.report.html import write_html
+from pipeline.report.types import Audit
+from pipeline.report.virelay import export_virelay
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Audit:
-    """The audit tables of one run (also written to output_dir)."""
-
-    classes: pd.DataFrame
-    groups: pd.DataFrame | None
-    confusion: pd.DataFrame | None
-    headline: dict = field(default_factory=dict)
-    strategies: StrategyAudit | None = None
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -241,8 +233,6 @@ def build_audit(
 ) -> Audit:
     """Write the strategy clusters (summary's cluster column, clusters.parquet), classes.parquet,
     groups.parquet, confusion.parquet, the mean maps and report.html."""
-    from pipeline.report_html import write_html
-
     out = Path(output_dir)
     summary, record = load_run(out)
     names = class_names_of(summary, record)
@@ -328,8 +318,6 @@ def _virelay(
     size: tuple[int, int],
 ) -> Path:
     """The strategies as a ViRelAy project in out/virelay (strategies.virelay=true)."""
-    from pipeline.virelay import export_virelay  # only here: needs the optional extra's h5py
-
     manifest = record.get("manifest", {}).get("path")
     base = Path(manifest).resolve().parent if manifest else out
     paths = summary["path"].tolist()
@@ -377,8 +365,6 @@ def audit_settings(
 ) -> tuple[ReportConfig, StrategiesConfig, int]:
     """The report and strategies settings and seed a run used (its saved config), then
     `report.KEY=VALUE` / `strategies.KEY=VALUE` overrides."""
-    from omegaconf import OmegaConf  # only here: the light commands need nothing else of it
-
     merged = []
     for name, schema in (("report", ReportConfig), ("strategies", StrategiesConfig)):
         base = OmegaConf.merge(OmegaConf.structured(schema), config.get(name) or {})
@@ -392,40 +378,3 @@ def audit_settings(
         )
     check_strategies(merged[1])
     return merged[0], merged[1], int(config.get("seed", 0))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`gradcam-audit-report OUTPUT_DIR [report.key=value ...]`: rebuild the audit of a run."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(
-        prog="gradcam-audit-report",
-        description="Rebuild classes/groups/confusion tables and report.html from a finished run "
-        "(summary.parquet + saved maps), without TensorFlow.",
-    )
-    parser.add_argument("output_dir", type=Path)
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        help="report.KEY=VALUE or strategies.KEY=VALUE, e.g. report.group_by=label",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        record_path = args.output_dir / "run.json"
-        saved = (
-            json.loads(record_path.read_text()).get("config", {}) if record_path.is_file() else {}
-        )
-        build_audit(args.output_dir, *audit_settings(saved, args.overrides))
-    except ConfigError as exc:
-        print(f"gradcam-audit-report: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as exc:  # omegaconf validation of overrides
-        if type(exc).__module__.startswith("omegaconf"):
-            print(
-                f"gradcam-audit-report: error: bad setting: {exc}".splitlines()[0], file=sys.stderr
-            )
-            sys.exit(2)
-        raise
-    print(f"report: {args.output_dir / 'report.html'}")

@@ -1,0 +1,44 @@
+"""`gradcam-audit-report OUTPUT_DIR [report.key=value ...]`: rebuild the audit of a finished run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from pipeline.cli.common import fail
+from pipeline.errors import ConfigError
+from pipeline.report import audit_settings, build_audit
+
+PROG = "gradcam-audit-report"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`gradcam-audit-report OUTPUT_DIR [report.key=value ...]`: rebuild the audit of a run."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Rebuild classes/groups/confusion tables and report.html from a finished run "
+        "(summary.parquet + saved maps), without TensorFlow.",
+    )
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="report.KEY=VALUE or strategies.KEY=VALUE, e.g. report.group_by=label",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        record_path = args.output_dir / "run.json"
+        saved = (
+            json.loads(record_path.read_text()).get("config", {}) if record_path.is_file() else {}
+        )
+        build_audit(args.output_dir, *audit_settings(saved, args.overrides))
+    except ConfigError as exc:
+        fail(PROG, str(exc))
+    except Exception as exc:  # omegaconf validation of overrides
+        if type(exc).__module__.startswith("omegaconf"):
+            fail(PROG, f"bad setting: {exc}".splitlines()[0])
+        raise
+    print(f"report: {args.output_dir / 'report.html'}")
