@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -390,13 +392,11 @@ def _load_savedmodel(folder: Path) -> keras.Model:
             "layers. Save the model with model.save('model.keras') instead"
         )
     try:
-        import tf_keras
+        import tf_keras  # here: an optional extra, needed for this one format only
     except ImportError:
         raise ConfigError(
             "reading a Keras 2 SavedModel folder needs tf-keras: pip install -e '.[savedmodel]'"
         ) from None
-    import tempfile
-
     try:
         legacy = tf_keras.models.load_model(folder, compile=False)
         with tempfile.TemporaryDirectory() as tmp:
@@ -426,60 +426,25 @@ def _load_preset(name: str, weights: str | None) -> keras.Model:
         raise ConfigError(f"cannot build preset {name} with weights={weights}: {exc}") from exc
 
 
-def load_model(
-    name: str,
-    path: str | None,
-    weights: str | None,
-    layer: str,
-    preprocess: str,
-    class_names: object,
-    score: str,
-    input_size: list[int] | None,
-    safe_mode: bool = True,
-) -> LoadedModel:
-    """Load a preset or a file and prepare it for batched Grad-CAM."""
-    if score not in ("logits", "probs"):
-        raise ConfigError(f"model.score={score!r}; expected logits or probs")
-    prep = resolve_preprocess(preprocess)
-    if name in PRESETS:
-        model = _load_preset(name, weights)
-        source = f"keras.applications.{PRESETS[name][0]}"
-    elif name in ("custom", "demo"):
-        if not path:
-            raise ConfigError("model=custom needs model.path=<.keras or .h5 file>")
-        model = _load_file(path, safe_mode)
-        source = str(path)
-        if weights:  # a weights file on top of the model file (e.g. a later checkpoint)
-            _load_weights(model, weights)
-    else:
-        raise ConfigError(
-            f"unknown model preset {name!r}; expected one of "
-            f"{', '.join(['custom', 'demo', *PRESETS])}"
-        )
-    if isinstance(model.input_shape, list) or len(model.input_shape) != 4:
-        raise ConfigError(
-            f"model input shape {model.input_shape}; expected one (batch, height, width, "
-            "channels) image input"
-        )
-    _, h, w, c = model.input_shape
-    if c not in (1, 3):
-        raise ConfigError(f"model takes {c} channels; expected 1 (grayscale) or 3 (RGB)")
-    if h is None or w is None:
-        if not input_size:
-            raise ConfigError(
-                "the model accepts any image size: set model.input_size=[height,width]"
-            )
-        h, w = int(input_size[0]), int(input_size[1])
-        model = _fix_input_size(model, (h, w, c))
+def load_model(spec: ModelConfig) -> LoadedModel:
+    """Load the preset or file `spec` names and prepare it for batched Grad-CAM.
+
+    spec.path and spec.class_names are used as given: the caller resolves relative paths.
+    """
+    if spec.score not in ("logits", "probs"):
+        raise ConfigError(f"model.score={spec.score!r}; expected logits or probs")
+    prep = resolve_preprocess(spec.preprocess)
+    model, source = _build_model(spec)
+    model, (h, w, c) = _image_input(model, spec.input_size)
     if len(model.outputs) != 1 or len(model.output_shape) != 2:
         raise ConfigError(
             f"model output shape {model.output_shape}; expected one (batch, classes) output"
         )
-    target = find_layer(model, layer)
-    head, tail, full, activation = split_model(model, target, score)
+    target = find_layer(model, spec.layer)
+    head, tail, full, activation = split_model(model, target, spec.score)
     binary = model.output_shape[-1] == 1
     names = resolve_class_names(
-        class_names, 2 if binary else model.output_shape[-1], name in PRESETS
+        spec.class_names, 2 if binary else model.output_shape[-1], spec.name in PRESETS
     )
     log.info(
         "model %s: input %dx%dx%d, layer %s %s, %d classes, %s",
@@ -498,8 +463,8 @@ def load_model(
         tail=tail,
         full=full,
         layer_name=target.name,
-        input_size=(int(h), int(w)),
-        channels=int(c),
+        input_size=(h, w),
+        channels=c,
         class_names=names,
         output_activation=activation,
         binary=binary,
@@ -507,6 +472,48 @@ def load_model(
         preprocess=prep,
         source=source,
     )
+
+
+def _build_model(spec: ModelConfig) -> tuple[keras.Model, str]:
+    """The preset or file (plus weights) `spec` names, and its source for the log."""
+    if spec.name in PRESETS:
+        return _load_preset(spec.name, spec.weights), f"keras.applications.{PRESETS[spec.name][0]}"
+    if spec.name not in ("custom", "demo"):
+        raise ConfigError(
+            f"unknown model preset {spec.name!r}; expected one of "
+            f"{', '.join(['custom', 'demo', *PRESETS])}"
+        )
+    if not spec.path:
+        raise ConfigError("model=custom needs model.path=<.keras or .h5 file>")
+    model = _load_file(spec.path, spec.safe_mode)
+    if spec.weights:  # a weights file on top of the model file (e.g. a later checkpoint)
+        _load_weights(model, spec.weights)
+    return model, str(spec.path)
+
+
+def _image_input(
+    model: keras.Model, input_size: list[int] | None
+) -> tuple[keras.Model, tuple[int, int, int]]:
+    """The model with a fixed (height, width, channels) image input, and that shape.
+
+    A model that accepts any image size is rebuilt on `input_size` = [height, width].
+    """
+    if isinstance(model.input_shape, list) or len(model.input_shape) != 4:
+        raise ConfigError(
+            f"model input shape {model.input_shape}; expected one (batch, height, width, "
+            "channels) image input"
+        )
+    _, h, w, c = model.input_shape
+    if c not in (1, 3):
+        raise ConfigError(f"model takes {c} channels; expected 1 (grayscale) or 3 (RGB)")
+    if h is None or w is None:
+        if not input_size:
+            raise ConfigError(
+                "the model accepts any image size: set model.input_size=[height,width]"
+            )
+        h, w = int(input_size[0]), int(input_size[1])
+        model = _fix_input_size(model, (h, w, c))
+    return model, (int(h), int(w), int(c))
 
 
 def _fix_input_size(model: keras.Model, shape: tuple[int, int, int]) -> keras.Model:

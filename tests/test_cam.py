@@ -19,13 +19,17 @@ from conftest import (
 from PIL import Image
 
 from pipeline.cam import get_method
+from pipeline.config import ModelConfig
 from pipeline.model import load_model
 from pipeline.run import run
 from pipeline.step import TARGET_LABEL, TARGET_PRED, build_step
 
 
 def _load(path, layer="auto", score="logits", preprocess="unit"):
-    return load_model("custom", str(path), None, layer, preprocess, None, score, None)
+    spec = ModelConfig(
+        name="custom", path=str(path), layer=layer, preprocess=preprocess, score=score
+    )
+    return load_model(spec)
 
 
 def _images(n: int, seed: int = 0, channels: int = 3) -> np.ndarray:

@@ -9,10 +9,16 @@ import tensorflow as tf
 from conftest import N_CLASSES, SIZE, compose_cfg, no_boxes
 
 from pipeline.cam import METHODS, get_method
+from pipeline.config import ModelConfig
 from pipeline.model import load_model
 from pipeline.step import TARGET_LABEL, build_step
 
 EPS = 1e-7
+
+
+def _load(path, layer: str = "auto"):
+    """A fixture model file as model=custom loads it (pixels scaled to [0,1])."""
+    return load_model(ModelConfig(name="custom", path=str(path), layer=layer, preprocess="unit"))
 
 
 def acts_and_grads(model: keras.Model, image: np.ndarray, cls: int):
@@ -68,9 +74,7 @@ GRADIENT_METHODS = sorted(set(METHODS) - {"scorecam"})
 def test_method_matches_paper_formula_and_is_batch_independent(model_files, name):
     cfg = compose_cfg(f"cam={name}")  # every cam= config group composes
     assert cfg.cam.name == name
-    loaded = load_model(
-        "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
-    )
+    loaded = _load(model_files["rgb"])
     step = build_step(loaded, get_method(name), 3, TARGET_LABEL)
     images = _images(9, seed=4)
     labels = (np.arange(9) % N_CLASSES).astype(np.int32)
@@ -93,9 +97,7 @@ def test_method_matches_paper_formula_and_is_batch_independent(model_files, name
 
 def test_scorecam_matches_per_image_definition(model_files):
     """Score-CAM per image: mask with each kept channel, softmax the target's outputs."""
-    loaded = load_model(
-        "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
-    )
+    loaded = _load(model_files["rgb"])
     method = get_method("scorecam", max_channels=7, channels_per_pass=3)  # 12 channels in all
     step = build_step(loaded, method, 3, TARGET_LABEL)
     images = _images(5, seed=6)
@@ -162,9 +164,7 @@ def test_model_randomisation_sanity_check(model_files, tmp_path):
     for name in sorted(METHODS):
         maps = []
         for path in (trained_path, random_path):
-            loaded = load_model(
-                "custom", str(path), None, "last_conv", "unit", None, "logits", None
-            )
+            loaded = _load(path, layer="last_conv")
             step = build_step(loaded, get_method(name), 3, TARGET_LABEL)
             out = step(images, labels, *no_boxes(6))
             maps.append(out["map"].numpy())
@@ -177,9 +177,7 @@ def test_model_randomisation_sanity_check(model_files, tmp_path):
 def test_guided_gradcam_matches_manual_guided_backprop(model_files, tmp_path):
     """Guided backprop re-implemented by hand on the tiny model's weights (tf ops, a guided
     ReLU of its own), times the upsampled Grad-CAM map."""
-    loaded = load_model(
-        "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
-    )
+    loaded = _load(model_files["rgb"])
     step = build_step(loaded, get_method("guided_gradcam"), 3, TARGET_LABEL)
     images = _images(3, seed=12)
     labels = np.array([0, 1, 2], np.int32)
@@ -210,9 +208,7 @@ def test_guided_gradcam_matches_manual_guided_backprop(model_files, tmp_path):
 
 
 def test_eigen_smooth_is_first_component_of_contributions(model_files):
-    loaded = load_model(
-        "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
-    )
+    loaded = _load(model_files["rgb"])
     step = build_step(loaded, get_method("gradcam"), 3, TARGET_LABEL, eigen_smooth=True)
     images = _images(4, seed=14)
     labels = np.arange(4, dtype=np.int32)
@@ -231,9 +227,7 @@ def test_eigen_smooth_is_first_component_of_contributions(model_files):
 
 
 def test_aug_smooth_averages_flipped_and_brightened_maps(model_files):
-    loaded = load_model(
-        "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
-    )
+    loaded = _load(model_files["rgb"])
     kwargs = dict(method=get_method("gradcam"), topk=3, target=TARGET_LABEL)
     smooth = build_step(loaded, aug_smooth=True, **kwargs)
     plain = build_step(loaded, **kwargs)

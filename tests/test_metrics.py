@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import SIZE, compose_cfg, custom_model, no_boxes
+from PIL import Image
 
 from pipeline.cam import get_method
+from pipeline.config import ModelConfig
 from pipeline.demo import ensure_demo
 from pipeline.errors import ConfigError
 from pipeline.manifest import read_manifest, resolve_labels
@@ -47,9 +49,8 @@ def reference(model, image, heat, cls, steps):
 
 
 def test_batched_metrics_equal_per_image_definition(model_files):
-    loaded = load_model(
-        "custom", str(model_files["rgb"]), None, "auto", "unit", None, "logits", None
-    )
+    spec = ModelConfig(name="custom", path=str(model_files["rgb"]), preprocess="unit")
+    loaded = load_model(spec)
     metrics = build_metrics(make_forward(loaded), NAMES, 5, loaded.input_size, 3)
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
@@ -74,12 +75,14 @@ def test_real_maps_beat_random_maps(tmp_path):
     evidence faster and insert it faster than random maps of the same shape: each image
     scored with another image's map."""
     assets = ensure_demo(str(tmp_path / "cache"), 24, 64, 12, 0)
-    loaded = load_model(
-        "custom", str(assets.model), None, "auto", "unit", str(assets.class_names), "logits", None
+    spec = ModelConfig(
+        name="custom",
+        path=str(assets.model),
+        preprocess="unit",
+        class_names=str(assets.class_names),
     )
+    loaded = load_model(spec)
     table = read_manifest(assets.manifest)
-    from PIL import Image
-
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in table["path"]])
     labels, _ = resolve_labels(table["label"], loaded.class_names)
     step = build_step(loaded, get_method("gradcam"), 3, TARGET_LABEL)

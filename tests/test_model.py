@@ -5,9 +5,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import N_CLASSES, SIZE, no_boxes
+from conftest import N_CLASSES, SIZE, compose_cfg, no_boxes
 
 from pipeline.cam import get_method
+from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
 from pipeline.model import PRESETS, find_layer, load_model
 from pipeline.step import TARGET_PRED, build_step
@@ -20,18 +21,8 @@ def _activation(layer) -> str:
 
 
 def _load(path, layer="auto", score="logits", **kw):
-    args = dict(
-        name="custom",
-        path=str(path),
-        weights=None,
-        layer=layer,
-        preprocess="unit",
-        class_names=None,
-        score=score,
-        input_size=None,
-    )
-    args.update(kw)
-    return load_model(**args)
+    args = dict(name="custom", path=str(path), layer=layer, preprocess="unit", score=score)
+    return load_model(ModelConfig(**{**args, **kw}))
 
 
 @pytest.mark.parametrize("name,channels", [("rgb", 3), ("gray", 1), ("rgb_h5", 3)])
@@ -152,18 +143,14 @@ def test_size_agnostic_model_needs_input_size(tmp_path):
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_build_offline_and_auto_agrees(preset):
     """Every preset with weights=null: builds offline; its configured layer is auto's choice."""
-    from conftest import compose_cfg
-
     cfg = compose_cfg(f"model={preset}", "model.weights=null")
     loaded = load_model(
-        cfg.model.name,
-        None,
-        None,
-        cfg.model.layer,
-        cfg.model.preprocess,
-        None,
-        cfg.model.score,
-        None,
+        ModelConfig(
+            name=cfg.model.name,
+            layer=cfg.model.layer,
+            preprocess=cfg.model.preprocess,
+            score=cfg.model.score,
+        )
     )
     assert find_layer(loaded.model, "auto").name == cfg.model.layer == loaded.layer_name
     side = PRESETS[preset][1]
