@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.config import DataConfig
 from pipeline.faults import checkpoint
 
 Image.MAX_IMAGE_PIXELS = None  # we refuse oversized images ourselves, before decoding
@@ -143,29 +144,28 @@ class Bases:
 def make_dataset(
     paths: Sequence[str],
     rows: Sequence[int] | None,
-    size: tuple[int, int],
-    channels: int,
+    shape: tuple[int, int, int],
     batch_size: int,
+    data: DataConfig,
     base_side: int = 0,
-    max_pixels: int = 178_956_970,
-    parallel: int = -1,
-    prefetch: int = 2,
     bases: Bases | None = None,
 ) -> tf.data.Dataset:
     """Batches of `rows` (default: all), in order: dict(row, image, orig_hw, ok, error); `row`
-    indexes `paths`. With base_side > 0, each good row's overlay base goes into `bases`.
+    indexes `paths`, `image` is (B,H,W,C) uint8 for shape = (H,W,C). With base_side > 0, each
+    good row's overlay base goes into `bases`.
 
-    Decoding runs in parallel threads (PIL releases the GIL while decoding); a row that cannot
-    be read keeps its place in the batch with ok=False and a specific error.
+    Decoding runs in data.num_parallel_calls threads (PIL releases the GIL while decoding),
+    data.prefetch batches ahead; images over data.max_pixels are refused. A row that cannot be
+    read keeps its place in the batch with ok=False and a specific error.
     """
-    h, w = size
+    h, w, channels = shape
     paths = list(paths)
     if base_side and bases is None:
         raise ValueError("base_side > 0 needs a Bases store to put the overlay bases in")
 
-    def load(row: np.ndarray):
+    def load(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
         image, base, orig_hw, ok, error = load_example(
-            paths[int(row)], size, channels, base_side, max_pixels
+            paths[int(row)], (h, w), channels, base_side, data.max_pixels
         )
         if base is not None:
             bases.put(int(row), base)
@@ -181,6 +181,7 @@ def make_dataset(
         error.set_shape(())
         return {"row": row, "image": image, "orig_hw": orig_hw, "ok": ok, "error": error}
 
+    parallel, prefetch = data.num_parallel_calls, data.prefetch
     calls = tf.data.AUTOTUNE if parallel is None or parallel < 1 else parallel
     todo = np.arange(len(paths)) if rows is None else np.asarray(rows, np.int64)
     ds = tf.data.Dataset.from_tensor_slices(todo.astype(np.int64))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.config import DataConfig
 from pipeline.data import Bases, LoadError, load_example, make_dataset, open_image
 
 BIG = 10**9
@@ -109,8 +112,6 @@ def test_oversized_header_refused_before_decoding(tmp_path):
 
 
 def _jpeg_bytes() -> bytes:
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(
         buf, "JPEG"
@@ -119,8 +120,6 @@ def _jpeg_bytes() -> bytes:
 
 
 def _png_bytes() -> bytes:
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(
         buf, "PNG"
@@ -141,19 +140,21 @@ def test_load_example_resizes_and_keeps_overlay_base(tmp_path):
 def test_dataset_hands_overlay_bases_beside_the_batches(tmp_path):
     paths = [_save(_rgb(60, 40), tmp_path / "a.png"), str(tmp_path / "missing.png")]
     bases = Bases()
-    batch = next(iter(make_dataset(paths, None, (16, 16), 3, 2, base_side=30, bases=bases)))
+    batch = next(
+        iter(make_dataset(paths, None, (16, 16, 3), 2, DataConfig(), base_side=30, bases=bases))
+    )
     assert batch["ok"].numpy().tolist() == [True, False]
     assert "base" not in batch and len(bases) == 1  # the failed row has none
     assert bases.pop(0).size == (30, 20) and bases.pop(1) is None and len(bases) == 0
     with pytest.raises(ValueError, match="Bases"):
-        make_dataset(paths, None, (16, 16), 3, 2, base_side=30)
+        make_dataset(paths, None, (16, 16, 3), 2, DataConfig(), base_side=30)
 
 
 def test_dataset_keeps_order_and_marks_bad_rows(tmp_path):
     good = [_save(_rgb(), tmp_path / f"g{i}.png") for i in range(5)]
     (tmp_path / "bad.png").write_bytes(b"garbage")
     paths = [good[0], str(tmp_path / "bad.png"), good[1], "", good[2], good[3], good[4]]
-    batches = list(make_dataset(paths, None, (16, 16), 3, batch_size=3))
+    batches = list(make_dataset(paths, None, (16, 16, 3), 3, DataConfig()))
     assert [len(b["row"]) for b in batches] == [3, 3, 1]
     rows = np.concatenate([b["row"].numpy() for b in batches])
     ok = np.concatenate([b["ok"].numpy() for b in batches])
@@ -161,3 +162,12 @@ def test_dataset_keeps_order_and_marks_bad_rows(tmp_path):
     assert rows.tolist() == list(range(7))
     assert ok.tolist() == [True, False, True, False, True, True, True]
     assert "not a recognised image" in errors[1] and "empty path" in errors[3]
+
+
+def test_dataset_takes_its_limits_from_the_data_config(tmp_path):
+    paths = [_save(_rgb(40, 30), tmp_path / "a.png"), _save(_rgb(8, 8), tmp_path / "b.png")]
+    data = DataConfig(num_parallel_calls=1, prefetch=0, max_pixels=100)
+    batch = next(iter(make_dataset(paths, [1, 0], (16, 16, 1), 4, data)))
+    assert batch["row"].numpy().tolist() == [1, 0] and batch["image"].shape == (2, 16, 16, 1)
+    assert batch["ok"].numpy().tolist() == [True, False]
+    assert "over data.max_pixels=100" in batch["error"].numpy()[1].decode()
