@@ -32,16 +32,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest import mock
 
@@ -49,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import CONF_DIR  # first: quietens TensorFlow's C++ logging before TF loads
+from pipeline.outputs import jet_lut
 
 log = logging.getLogger("benchmark")
 
@@ -70,6 +73,16 @@ class Timing:
     @property
     def ips(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass
+class Rounds:
+    """The alternating inference/pipeline rounds; the round with the median ratio stands."""
+
+    inference: Timing
+    pipeline: Timing
+    end_to_end: Timing
+    ratios: list[float]  # pipeline/inference images/s of every round, ascending
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -130,6 +143,7 @@ def compose_config(
     model: str, manifest: Path, batch_size: int, output_dir: Path, extra: Sequence[str] = ()
 ):
     """The run config composed from the real conf/, as the command line would build it."""
+    # here, not at the top: Hydra would add to the memory the --strategies-run child measures
     from hydra import compose, initialize_config_dir
 
     from pipeline.config import register_configs
@@ -153,13 +167,15 @@ def compose_config(
 
 def time_inference(cfg, paths: Sequence[Path], warmup: int) -> Timing:
     """tf.data loader + preprocess + compiled forward pass; the first `warmup` rows untimed."""
+    # here, not at the top: --help, --strategies and --memory never load TensorFlow
     import tensorflow as tf
+    from omegaconf import OmegaConf
 
     from pipeline.data import make_dataset
     from pipeline.model import load_model
 
-    m = cfg.model
-    loaded = load_model(m.name, None, m.weights, m.layer, m.preprocess, None, m.score, m.input_size)
+    spec = replace(OmegaConf.to_object(cfg.model), path=None, class_names=None)  # a preset
+    loaded = load_model(spec)
     (h, w), c = loaded.input_size, loaded.channels
     model, prep = loaded.model, loaded.preprocess
 
@@ -167,17 +183,8 @@ def time_inference(cfg, paths: Sequence[Path], warmup: int) -> Timing:
     def predict(images: tf.Tensor) -> tf.Tensor:  # (B,H,W,C) uint8 -> (B,N)
         return model(prep(tf.cast(images, tf.float32)), training=False)
 
-    dataset = make_dataset(
-        [str(p) for p in paths],
-        None,
-        loaded.input_size,
-        loaded.channels,
-        cfg.batch_size,
-        base_side=0,
-        max_pixels=cfg.data.max_pixels,
-        parallel=cfg.data.num_parallel_calls,
-        prefetch=cfg.data.prefetch,
-    )
+    data = OmegaConf.to_object(cfg.data)  # the DataConfig: decode threads, prefetch, max_pixels
+    dataset = make_dataset([str(p) for p in paths], None, (h, w, c), cfg.batch_size, data)
     batches = iter(dataset)
     first = next(batches)
     if int(first["row"].shape[0]) != warmup or first["ok"].numpy().any():
@@ -199,7 +206,7 @@ def time_pipeline(cfg, output_dir: Path, warmup: int) -> tuple[Timing, Timing]:
     batch (missing files: computed, nothing written): build_step is wrapped to note when that
     batch's step has returned.
     """
-    import pipeline.step
+    import pipeline.step  # here, not at the top: --help and --strategies never load TensorFlow
     from pipeline.run import run
 
     marks: dict[str, float | int] = {}
@@ -238,12 +245,10 @@ def time_pipeline(cfg, output_dir: Path, warmup: int) -> tuple[Timing, Timing]:
 
 def time_reference(cfg, paths: Sequence[Path], out_dir: Path) -> Timing:
     """The Keras Grad-CAM example, per image, on its own model; the first image untimed."""
-    import keras
-    import tensorflow as tf
+    import keras  # here, not at the top: --help and --strategies never load TensorFlow
 
     from pipeline.model import PRESETS as MODEL_PRESETS
     from pipeline.model import resolve_preprocess
-    from pipeline.outputs import jet_lut
 
     constructor, side = MODEL_PRESETS[cfg.model.name]
     img_size = (side, side)
@@ -254,51 +259,12 @@ def time_reference(cfg, paths: Sequence[Path], out_dir: Path) -> Timing:
     model.layers[-1].activation = None
     jet_colors = jet_lut().astype(np.float32) / 255.0  # = mpl.colormaps["jet"](np.arange(256))
 
-    # --- from here on, the example's code (keras.io/examples/vision/grad_cam) ---
-    def get_img_array(img_path, size):
-        img = keras.utils.load_img(img_path, target_size=size)
-        array = keras.utils.img_to_array(img)
-        array = np.expand_dims(array, axis=0)
-        return array
-
-    def make_gradcam_heatmap(img_array, model, last_conv_layer_name, pred_index=None):
-        grad_model = keras.models.Model(
-            model.inputs, [model.get_layer(last_conv_layer_name).output, model.output]
-        )
-        with tf.GradientTape() as tape:
-            last_conv_layer_output, preds = grad_model(img_array)
-            if pred_index is None:
-                pred_index = tf.argmax(preds[0])
-            class_channel = preds[:, pred_index]
-        grads = tape.gradient(class_channel, last_conv_layer_output)
-        pooled_grads = tf.reduce_mean(grads, axis=(0, 1, 2))
-        last_conv_layer_output = last_conv_layer_output[0]
-        heatmap = last_conv_layer_output @ pooled_grads[..., tf.newaxis]
-        heatmap = tf.squeeze(heatmap)
-        heatmap = tf.maximum(heatmap, 0) / tf.math.reduce_max(heatmap)
-        return heatmap.numpy()
-
-    def save_and_display_gradcam(img_path, heatmap, cam_path="cam.jpg", alpha=0.4):
-        img = keras.utils.load_img(img_path)
-        img = keras.utils.img_to_array(img)
-        heatmap = np.uint8(255 * heatmap)
-        jet_heatmap = jet_colors[heatmap]
-        jet_heatmap = keras.utils.array_to_img(jet_heatmap)
-        jet_heatmap = jet_heatmap.resize((img.shape[1], img.shape[0]))
-        jet_heatmap = keras.utils.img_to_array(jet_heatmap)
-        superimposed_img = jet_heatmap * alpha + img
-        superimposed_img = keras.utils.array_to_img(superimposed_img)
-        superimposed_img.save(cam_path)
-        # (the example then displays the image; nothing to display here)
-
-    def one_image(img_path, cam_path):
+    def one_image(img_path, cam_path):  # the example's steps for one image
         img_array = preprocess_input(get_img_array(img_path, size=img_size))
         preds = model.predict(img_array, verbose=0)  # the example prints decode_predictions(preds)
         heatmap = make_gradcam_heatmap(img_array, model, last_conv_layer_name)
-        save_and_display_gradcam(img_path, heatmap, cam_path)
+        save_and_display_gradcam(img_path, heatmap, jet_colors, cam_path)
         return preds
-
-    # --- end of the example's code ---
 
     out_dir.mkdir(parents=True, exist_ok=True)
     one_image(paths[0], out_dir / "warmup.jpg")  # not timed
@@ -308,16 +274,71 @@ def time_reference(cfg, paths: Sequence[Path], out_dir: Path) -> Timing:
     return Timing("reference", len(paths), time.perf_counter() - start)
 
 
+# --- from here on, the example's code (keras.io/examples/vision/grad_cam); keras and tensorflow
+# are imported in each function (here, not at the top: --help and --strategies never load them)
+
+
+def get_img_array(img_path, size):
+    import keras
+
+    img = keras.utils.load_img(img_path, target_size=size)
+    array = keras.utils.img_to_array(img)
+    array = np.expand_dims(array, axis=0)
+    return array
+
+
+def make_gradcam_heatmap(img_array, model, last_conv_layer_name, pred_index=None):
+    import keras
+    import tensorflow as tf
+
+    grad_model = keras.models.Model(
+        model.inputs, [model.get_layer(last_conv_layer_name).output, model.output]
+    )
+    with tf.GradientTape() as tape:
+        last_conv_layer_output, preds = grad_model(img_array)
+        if pred_index is None:
+            pred_index = tf.argmax(preds[0])
+        class_channel = preds[:, pred_index]
+    grads = tape.gradient(class_channel, last_conv_layer_output)
+    pooled_grads = tf.reduce_mean(grads, axis=(0, 1, 2))
+    last_conv_layer_output = last_conv_layer_output[0]
+    heatmap = last_conv_layer_output @ pooled_grads[..., tf.newaxis]
+    heatmap = tf.squeeze(heatmap)
+    heatmap = tf.maximum(heatmap, 0) / tf.math.reduce_max(heatmap)
+    return heatmap.numpy()
+
+
+def save_and_display_gradcam(img_path, heatmap, jet_colors, cam_path="cam.jpg", alpha=0.4):
+    # jet_colors: the example takes them from matplotlib inside this function
+    import keras
+
+    img = keras.utils.load_img(img_path)
+    img = keras.utils.img_to_array(img)
+    heatmap = np.uint8(255 * heatmap)
+    jet_heatmap = jet_colors[heatmap]
+    jet_heatmap = keras.utils.array_to_img(jet_heatmap)
+    jet_heatmap = jet_heatmap.resize((img.shape[1], img.shape[0]))
+    jet_heatmap = keras.utils.img_to_array(jet_heatmap)
+    superimposed_img = jet_heatmap * alpha + img
+    superimposed_img = keras.utils.array_to_img(superimposed_img)
+    superimposed_img.save(cam_path)
+    # (the example then displays the image; nothing to display here)
+
+
+# --- end of the example's code
+
+
 # ----------------------------------------------------------------------------- strategies
 
 
 @contextlib.contextmanager
-def stage_clocks(clock: dict[str, float]):
+def stage_clocks() -> Iterator[dict[str, float]]:
     """Time the stages of pipeline.strategies.cluster_maps while it runs unchanged.
 
     The module's own functions and the sklearn/scipy calls it makes are wrapped in place, so the
-    stages are exactly what cluster_maps does; seconds add up into `clock` by name.
+    stages are exactly what cluster_maps does; yields the clocks: seconds added up by name.
     """
+    # here, not at the top: scikit-learn and scipy (~170 MB) load only for --strategies
     import sklearn.neighbors
 
     from pipeline.report import strategies
@@ -350,6 +371,7 @@ def stage_clocks(clock: dict[str, float]):
         (nn, "kneighbors"),
         (s.KMeans, "fit_predict"),
     ]
+    clock: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
         for owner, attr in wrapped:
             name = attr if owner is s else f"{owner.__name__}.{attr}"
@@ -357,7 +379,7 @@ def stage_clocks(clock: dict[str, float]):
         for owner in (sklearn.neighbors, s):  # knn_graph may import it either way
             if hasattr(owner, "KDTree"):
                 stack.enter_context(mock.patch.object(owner, "KDTree", KDTree))
-        yield
+        yield clock
 
 
 def stage_seconds(clock: dict[str, float], total: float) -> dict[str, float]:
@@ -379,22 +401,20 @@ def _memory_mb(field: str) -> float:
         for line in status.read_text().splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    import resource  # not on Windows
+    import resource  # here, not at the top: there is no resource module on Windows
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def strategies_run(spec: str) -> int:
     """Child process: cluster the maps of one .npy file; print one JSON line of numbers."""
-    import hashlib
-
+    # here, not at the top: scikit-learn and scipy (~170 MB) load only for --strategies
     from pipeline.report import strategies
 
     job = json.loads(spec)
     maps = np.load(job["maps"])  # (n,h,w) float32: one class's maps, as the pipeline loads them
     before = _memory_mb("VmRSS")
-    clock: dict[str, float] = {}
-    with stage_clocks(clock) if job["staged"] else contextlib.nullcontext():
+    with stage_clocks() if job["staged"] else contextlib.nullcontext({}) as clock:
         start = time.perf_counter()
         found = strategies.cluster_maps(
             maps, job["max_clusters"], job["neighbors"], job["grid"], job["seed"]
@@ -416,8 +436,6 @@ def strategies_run(spec: str) -> int:
 
 def _strategies_child(job: dict) -> dict:
     """strategies_run(job) in a fresh Python process: its numbers."""
-    import subprocess
-
     command = [sys.executable, __file__, "--strategies-run", json.dumps(job)]
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -436,6 +454,7 @@ def best_jaccard(labels: np.ndarray, group: np.ndarray) -> float:
 def strategies_benchmark(sizes: Sequence[int], seed: int, keep: bool) -> int:
     """cluster_maps on one class of N synthetic maps, each N in a fresh process, timed twice:
     plain (seconds, peak RSS, result) and instrumented (seconds per stage)."""
+    # here, not at the top: Hydra would add to the memory the --strategies-run child measures
     from pipeline.config import StrategiesConfig
 
     defaults = StrategiesConfig()
@@ -469,10 +488,7 @@ def strategies_benchmark(sizes: Sequence[int], seed: int, keep: bool) -> int:
                 "stages": staged_run["stages"],
             }
     finally:
-        if keep:
-            log.info("kept %s", work)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(work, keep)
     print_strategies(results, settings)
     return 0
 
@@ -524,7 +540,7 @@ def _rounded(value):
 
 def methods_benchmark(args: argparse.Namespace) -> int:
     """The full pipeline once per CAM method, on the same images; ratios to plain Grad-CAM."""
-    from pipeline.cam import METHODS
+    from pipeline.cam import METHODS  # here, not at the top: --help never loads TensorFlow
 
     methods = args.methods or sorted(METHODS, key=lambda m: (m != "gradcam", m))
     if "gradcam" not in methods:
@@ -568,63 +584,78 @@ def methods_benchmark(args: argparse.Namespace) -> int:
 
 def memory_benchmark(sizes: Sequence[int], seed: int, keep: bool) -> int:
     """Peak RSS of a whole `gradcam-audit` run (its own process) for each manifest size."""
-    import resource
-    import subprocess
-
-    import keras
-
     work = Path(tempfile.mkdtemp(prefix="gradcam-mem-"))
     try:
-        keras.utils.set_random_seed(seed)
-        inputs = keras.Input((32, 32, 3))
-        x = keras.layers.Conv2D(8, 3, activation="relu", padding="same")(inputs)
-        x = keras.layers.Conv2D(8, 3, activation="relu", padding="same", name="conv")(x)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x)).save(work / "m.keras")
-        rng = np.random.default_rng(seed)
-        folder = work / "images"
-        folder.mkdir()
-        log.info("generating %d tiny PNGs in %s", max(sizes), folder)
-        paths = []
-        for i in range(max(sizes)):
-            path = folder / f"{i:06d}.png"
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
-            paths.append(path)
+        model = tiny_model(work / "m.keras", seed)
+        paths = tiny_pngs(work / "images", max(sizes), seed)
         peaks = {}
         for n in sizes:
             manifest = work / f"m{n}.csv"
             write_manifest(manifest, paths[:n])
-            args = [
-                sys.executable,
-                "-m",
-                "pipeline",
-                "model=custom",
-                f"model.path={_quoted(str(work / 'm.keras'))}",
-                "model.preprocess=unit",
-                f"data.manifest={_quoted(str(manifest))}",
-                f"output_dir={_quoted(str(work / f'out{n}'))}",
-                "progress=false",
-            ]
-            code = (
-                "import resource, subprocess, sys; "
-                f"p = subprocess.run({args!r}, capture_output=True); "
-                "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-            )
             start = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-            status, peak_kb = out.stdout.split()
-            if status != "0":
-                raise RuntimeError(f"run on {n} images exited {status}")
-            peaks[n] = int(peak_kb) / 1024
+            peaks[n] = run_peak_rss_mb(model, manifest, work / f"out{n}", n)
             log.info(
                 "%d images: peak RSS %.0f MB (%.0f s)", n, peaks[n], time.perf_counter() - start
             )
-        del resource
     finally:
-        if keep:
-            log.info("kept %s", work)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(work, keep)
+    print_memory(peaks, sizes)
+    return 0
+
+
+def tiny_model(path: Path, seed: int) -> Path:
+    """A seeded two-conv 32x32 classifier saved at `path`, for the memory runs."""
+    import keras  # here, not at the top: --help and --strategies never load TensorFlow
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", padding="same")(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu", padding="same", name="conv")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x)).save(path)
+    return path
+
+
+def tiny_pngs(folder: Path, n: int, seed: int) -> list[Path]:
+    """n seeded random 32x32 PNGs in `folder`."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    log.info("generating %d tiny PNGs in %s", n, folder)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i:06d}.png"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def run_peak_rss_mb(model: Path, manifest: Path, output_dir: Path, n: int) -> float:
+    """Peak RSS in MB of one `python -m pipeline` run on `manifest`, measured from its parent."""
+    args = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "model=custom",
+        f"model.path={_quoted(str(model))}",
+        "model.preprocess=unit",
+        f"data.manifest={_quoted(str(manifest))}",
+        f"output_dir={_quoted(str(output_dir))}",
+        "progress=false",
+    ]
+    code = (
+        "import resource, subprocess, sys; "
+        f"p = subprocess.run({args!r}, capture_output=True); "
+        "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    status, peak_kb = out.stdout.split()
+    if status != "0":
+        raise RuntimeError(f"run on {n} images exited {status}")
+    return int(peak_kb) / 1024
+
+
+def print_memory(peaks: dict[int, float], sizes: Sequence[int]) -> None:
+    """The --memory table and the JSON line."""
     small, large = sizes
     print("\nimages  peak RSS (MB)")
     for n in sizes:
@@ -639,7 +670,14 @@ def memory_benchmark(sizes: Sequence[int], seed: int, keep: bool) -> int:
             }
         )
     )
-    return 0
+
+
+def clean_up(work: Path, keep: bool) -> None:
+    """Remove the temp folder, unless --keep."""
+    if keep:
+        log.info("kept %s", work)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def table(rows: Sequence[tuple[str, Timing]]) -> str:
@@ -723,8 +761,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return memory_benchmark(args.memory_sizes, args.seed, args.keep)
     if args.methods is not None:
         return methods_benchmark(args)
-    import keras
-    import tensorflow as tf
+    return throughput_benchmark(args)
+
+
+def throughput_benchmark(args: argparse.Namespace) -> int:
+    """Inference and pipeline in alternating rounds, then the Keras example, on the same JPEGs."""
+    import keras  # here, not at the top: --help and --strategies never load TensorFlow
 
     keras.utils.set_random_seed(args.seed)
     load_before = os.getloadavg()[0]  # other work on the machine skews every number
@@ -734,54 +776,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = make_images(work / "images", args.n, args.seed)
         # first batch: warm-up, not counted; missing files, so it writes nothing
         warmup = [work / "warmup" / f"missing_{i:05d}.jpg" for i in range(args.batch_size)]
-        rows = warmup + images
         manifest = work / "manifest.csv"
-        write_manifest(manifest, rows)
+        write_manifest(manifest, warmup + images)
         cfg = compose_config(args.model, manifest, args.batch_size, work / "pipeline_out", args.set)
-
-        rounds = []  # inference and pipeline alternate, so a noisy spell hits both alike
-        for rep in range(args.repeat):
-            log.info(
-                "round %d/%d, inference: %d + %d warm-up images",
-                rep + 1,
-                args.repeat,
-                args.n,
-                len(warmup),
-            )
-            inf = time_inference(cfg, rows, len(warmup))
-            log.info(
-                "round %d/%d, pipeline: %d + %d warm-up images",
-                rep + 1,
-                args.repeat,
-                args.n,
-                len(warmup),
-            )
-            out = work / f"pipeline_out_{rep}"
-            cfg_rep = compose_config(args.model, manifest, args.batch_size, out, args.set)
-            pipe, e2e = time_pipeline(cfg_rep, out, len(warmup))
-            rounds.append((inf, pipe, e2e))
-        # the round with the median pipeline/inference ratio stands for the run
-        rounds.sort(key=lambda r: r[1].ips / r[0].ips)
-        inference, pipeline, end_to_end = rounds[len(rounds) // 2]
-        round_ratios = [round(p.ips / i.ips, 3) for i, p, _ in rounds]
+        rounds = timed_rounds(args, cfg, manifest, warmup + images, len(warmup))
         reference = None
         if args.reference_n:
             ref_paths = [images[i % len(images)] for i in range(args.reference_n)]
             log.info("reference: %d + 1 warm-up images", len(ref_paths))
             reference = time_reference(cfg, ref_paths, work / "reference_out")
     finally:
-        if args.keep:
-            log.info("kept %s", work)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(work, args.keep)
+    print_throughput(args, rounds, reference)
+    print(json.dumps(throughput_summary(args, cfg.model.layer, rounds, reference, load_before)))
+    return 0
+
+
+def timed_rounds(
+    args: argparse.Namespace, cfg, manifest: Path, rows: Sequence[Path], warmup: int
+) -> Rounds:
+    """--repeat rounds of inference then pipeline on `rows` (the first `warmup` untimed)."""
+    work = manifest.parent  # the temp folder
+    rounds = []  # inference and pipeline alternate, so a noisy spell hits both alike
+    for rep in range(args.repeat):
+        counts = (rep + 1, args.repeat, args.n, warmup)
+        log.info("round %d/%d, inference: %d + %d warm-up images", *counts)
+        inf = time_inference(cfg, rows, warmup)
+        log.info("round %d/%d, pipeline: %d + %d warm-up images", *counts)
+        out = work / f"pipeline_out_{rep}"
+        cfg_rep = compose_config(args.model, manifest, args.batch_size, out, args.set)
+        pipe, e2e = time_pipeline(cfg_rep, out, warmup)
+        rounds.append((inf, pipe, e2e))
+    # the round with the median pipeline/inference ratio stands for the run
+    rounds.sort(key=lambda r: r[1].ips / r[0].ips)
+    inference, pipeline, end_to_end = rounds[len(rounds) // 2]
+    return Rounds(inference, pipeline, end_to_end, [round(p.ips / i.ips, 3) for i, p, _ in rounds])
+
+
+def print_throughput(args: argparse.Namespace, rounds: Rounds, reference: Timing | None) -> None:
+    """The throughput benchmark's settings and its table."""
+    import keras  # loaded by the timed runs already; here for the versions
+    import tensorflow as tf
 
     rows_out = [
-        ("inference (tf.data + predict, no CAM)", inference),
-        ("pipeline (run(): CAM + all outputs)", pipeline),
+        ("inference (tf.data + predict, no CAM)", rounds.inference),
+        ("pipeline (run(): CAM + all outputs)", rounds.pipeline),
     ]
     if reference is not None:
         rows_out.append(("reference (Keras example, per image)", reference))
-    rows_out.append(("pipeline end-to-end (build+trace+warm-up)", end_to_end))
+    rows_out.append(("pipeline end-to-end (build+trace+warm-up)", rounds.end_to_end))
     print(
         f"\nmodel={args.model} (weights=None) batch_size={args.batch_size} "
         f"images={IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG, {os.cpu_count()} CPU(s), "
@@ -793,24 +836,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the end-to-end row times the whole run() call: model build, tracing, warm-up batch and "
         f"the {args.n} images\n"
         f"{args.repeat} rounds of inference then pipeline; shown: the round with the median "
-        f"pipeline/inference ratio (all rounds: {round_ratios})"
+        f"pipeline/inference ratio (all rounds: {rounds.ratios})"
     )
     print(table(rows_out))
+
+
+def throughput_summary(
+    args: argparse.Namespace,
+    layer: str,
+    rounds: Rounds,
+    reference: Timing | None,
+    load_before: float,
+) -> dict:
+    """The throughput benchmark's JSON line."""
+    import keras  # loaded by the timed runs already; here for the versions
+    import tensorflow as tf
+
+    inference, pipeline = rounds.inference, rounds.pipeline
     ref_ips = reference.ips if reference is not None else None
-    summary = {
+    return {
         "inference_ips": round(inference.ips, 3),
         "pipeline_ips": round(pipeline.ips, 3),
         "reference_ips": round(ref_ips, 3) if ref_ips is not None else None,
         "pipeline_vs_inference": _ratio(pipeline.ips, inference.ips),
         "pipeline_vs_reference": _ratio(pipeline.ips, ref_ips),
-        "pipeline_e2e_ips": round(end_to_end.ips, 3),
-        "rounds_pipeline_vs_inference": round_ratios,
+        "pipeline_e2e_ips": round(rounds.end_to_end.ips, 3),
+        "rounds_pipeline_vs_inference": rounds.ratios,
         "n": args.n,
         "reference_n": args.reference_n,
         "batch_size": args.batch_size,
         "model": args.model,
         "overrides": args.set,
-        "layer": cfg.model.layer,
+        "layer": layer,
         "warmup": {"inference": args.batch_size, "pipeline": args.batch_size, "reference": 1},
         "cpus": os.cpu_count(),
         "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # start, end
@@ -818,8 +875,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
-    print(json.dumps(summary))
-    return 0
 
 
 if __name__ == "__main__":
