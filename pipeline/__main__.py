@@ -1,3 +1,3 @@
-from pipeline.run import main
+from pipeline.cli.audit import main
 
 main()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf.errors import MissingMandatoryValue
 
 from pipeline.errors import ConfigError
 
@@ -124,7 +125,8 @@ class MetricsConfig:
 @dataclass
 class ShardConfig:
     count: int = 1  # split the manifest into this many shards ...
-    index: int = 0  # ... and process this one (rows with row % count == index)
+    index: int = 0  # ... and process this one: every count-th block of batch_size x
+    # chunk_batches rows, starting with block `index` (the blocks are the run's chunks)
 
 
 @dataclass
@@ -159,6 +161,115 @@ class Config:
     max_error_rate: float = 0.05  # exit code 3 when a larger share of rows are errors
     progress: bool = True  # tqdm bar
     writer_threads: int = 2  # threads writing .npy and overlay files
+
+
+TARGETS = ("pred", "label", "topk")  # target's named choices; or a class index >= 0
+METRIC_NAMES = ("deletion", "insertion", "drop_in_confidence", "increase_in_confidence")
+
+
+def validate(cfg: Any) -> None:
+    """Every value check the schema's types cannot express, before any work: ConfigError with
+    one line naming the key, the value and what was expected. (What depends on the inputs,
+    such as a layer name or a class index the model must have, is checked where they are read.)
+    """
+    _check_run(cfg)
+    check_model(cfg.model)
+    check_target(cfg.target)
+    check_shard(cfg.shard.count, cfg.shard.index)
+    check_metrics(cfg.metrics)
+    check_report(cfg.report)
+    check_strategies(cfg.strategies)
+
+
+def _check_run(cfg: Any) -> None:
+    """The top-level keys, heatmaps, overlays, stats."""
+    limits = [
+        ("batch_size", cfg.batch_size >= 1, "a positive integer"),
+        ("chunk_batches", cfg.chunk_batches >= 1, "a positive integer"),
+        ("heatmaps.resolution", cfg.heatmaps.resolution in ("layer", "input"), "layer or input"),
+        ("overlays.alpha", 0.0 <= cfg.overlays.alpha <= 1.0, "a value in [0, 1]"),
+        ("overlays.max_side", cfg.overlays.max_side >= 8, "at least 8"),
+        ("devices", cfg.devices in ("auto", "all"), "auto or all"),
+        ("precision", cfg.precision in ("float32", "mixed_float16"), "float32 or mixed_float16"),
+        ("max_error_rate", 0.0 <= cfg.max_error_rate <= 1.0, "a value in [0, 1]"),
+        (
+            "stats.pointing_tolerance",
+            cfg.stats.pointing_tolerance >= 0,
+            "a value >= 0 (pixels of the original image)",
+        ),
+    ]
+    _raise_first(limits, cfg)
+
+
+def _raise_first(limits: list[tuple[str, bool, str]], cfg: Any, prefix: str = "") -> None:
+    """ConfigError for the first (key, ok, expected) that is not ok."""
+    for key, ok, expected in limits:
+        if not ok:
+            value = _get(cfg, key)
+            shown = repr(value) if isinstance(value, str) else value
+            raise ConfigError(f"{prefix}{key}={shown}; expected {expected}")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_model(model: Any) -> None:
+    """model.score; a custom model needs model.path; model.input_size is [height, width]."""
+    if model.score not in ("logits", "probs"):
+        raise ConfigError(f"model.score={model.score!r}; expected logits or probs")
+    if model.name == "custom" and _missing(model, "path"):
+        raise ConfigError("model=custom needs model.path=<.keras or .h5 file>")
+    size = None if _missing(model, "input_size") else model.input_size
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise ConfigError(f"model.input_size={list(size)}; expected [height, width], both positive")
+
+
+def _missing(section: Any, key: str) -> bool:
+    """The key is unset: ??? in a Hydra config, or None."""
+    try:
+        return getattr(section, key) is None
+    except MissingMandatoryValue:
+        return True
+
+
+def check_target(target: Any) -> None:
+    """target is pred, label, topk or a class index >= 0."""
+    if target in TARGETS:
+        return
+    try:
+        index = int(str(target))
+    except ValueError:
+        raise ConfigError(
+            f"target={target!r}; expected pred, label, topk or a class index"
+        ) from None
+    if index < 0:
+        raise ConfigError(f"target={index} is out of range; expected a class index >= 0")
+
+
+def check_shard(count: int, index: int) -> None:
+    """0 <= index < count."""
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(
+            f"shard.index={index} with shard.count={count}; expected 0 <= index < count"
+        )
+
+
+def check_metrics(metrics: Any) -> None:
+    """metrics.names from METRIC_NAMES, metrics.steps positive."""
+    unknown = [n for n in metrics.names if n not in METRIC_NAMES]
+    if unknown:
+        raise ConfigError(f"metrics.names has {unknown}; expected any of {', '.join(METRIC_NAMES)}")
+    if metrics.steps < 1:
+        raise ConfigError(f"metrics.steps={metrics.steps}; expected a positive integer")
+
+
+def check_report(report: Any) -> None:
+    """report.group_by is target or label."""
+    if report.group_by not in ("target", "label"):
+        raise ConfigError(f"report.group_by={report.group_by!r}; expected target or label")
 
 
 def check_strategies(s: StrategiesConfig) -> None:

@@ -10,8 +10,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
 from PIL import Image, ImageDraw
+
+from pipeline.config import DemoConfig
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +185,6 @@ def make_arrays(
 
 def build_demo_model(size: int, n_classes: int = len(CLASSES)):
     """The small demo CNN: three conv blocks, global pooling, softmax. Takes [0,1] pixels."""
-    import keras
-
     inputs = keras.Input((size, size, 3), name="image")
     x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(inputs)
     x = keras.layers.MaxPooling2D(name="pool1")(x)
@@ -225,10 +227,10 @@ def write_audit_set(
     return manifest
 
 
-def ensure_demo(
-    cache_dir: str | None, n_per_class: int, size: int, epochs: int, seed: int
-) -> DemoAssets:
+def ensure_demo(demo: DemoConfig) -> DemoAssets:
     """Generate and train the demo once; later calls return the cached files at once."""
+    cache_dir, n_per_class, size = demo.cache_dir, demo.n_per_class, demo.image_size
+    epochs, seed = demo.epochs, demo.seed
     params = {"v": DEMO_VERSION, "n": n_per_class, "size": size, "epochs": epochs, "seed": seed}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -256,9 +258,6 @@ def train_model(
     path: Path, x: np.ndarray, y: np.ndarray, n_classes: int, epochs: int, seed: int
 ) -> float:
     """Train the demo CNN on images x (N,s,s,3) uint8 and labels y; save it; training accuracy."""
-    import keras
-    import tensorflow as tf
-
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()  # the same model whatever ran before
     model = build_demo_model(x.shape[1], n_classes)

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, check_model
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -431,8 +431,7 @@ def load_model(spec: ModelConfig) -> LoadedModel:
 
     spec.path and spec.class_names are used as given: the caller resolves relative paths.
     """
-    if spec.score not in ("logits", "probs"):
-        raise ConfigError(f"model.score={spec.score!r}; expected logits or probs")
+    check_model(spec)
     prep = resolve_preprocess(spec.preprocess)
     model, source = _build_model(spec)
     model, (h, w, c) = _image_input(model, spec.input_size)
@@ -483,8 +482,6 @@ def _build_model(spec: ModelConfig) -> tuple[keras.Model, str]:
             f"unknown model preset {spec.name!r}; expected one of "
             f"{', '.join(['custom', 'demo', *PRESETS])}"
         )
-    if not spec.path:
-        raise ConfigError("model=custom needs model.path=<.keras or .h5 file>")
     model = _load_file(spec.path, spec.safe_mode)
     if spec.weights:  # a weights file on top of the model file (e.g. a later checkpoint)
         _load_weights(model, spec.weights)

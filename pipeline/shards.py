@@ -15,21 +15,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import check_shard
 from pipeline.errors import ConfigError
 from pipeline.outputs import atomic_write, write_json
+from pipeline.report import audit_settings, build_audit
 from pipeline.summary import SUMMARY_SCHEMA, error_kinds
 
 log = logging.getLogger(__name__)
 SHARDS = "shards"
 _NAME = re.compile(r"^(\d+)-of-(\d+)$")
-
-
-def check_shard(count: int, index: int) -> None:
-    """ConfigError unless 0 <= index < count."""
-    if count < 1 or not 0 <= index < count:
-        raise ConfigError(
-            f"shard.index={index} with shard.count={count}; expected 0 <= index < count"
-        )
 
 
 def shard_rows(n_rows: int, count: int, index: int, block: int = 1) -> np.ndarray:
@@ -127,10 +121,6 @@ def merge_and_report(out: Path, allow_partial: bool = False) -> tuple[int, int, 
 
     Returns (rows, errors, commonest error kinds, max_error_rate) for the error budget.
     """
-    # imported here: the report's scikit-learn and scipy take seconds to load, and run.py
-    # (which needs only shard_rows and shard_dir from here) starts without them
-    from pipeline.report import audit_settings, build_audit
-
     merge(out, allow_partial)
     config = json.loads((out / "run.json").read_text()).get("config", {})
     report, strategies, seed = audit_settings(config)

@@ -6,10 +6,15 @@ No TensorFlow here: this module is tested on its own and read by the light comma
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
+from pipeline.manifest import BOX_COLUMNS
+from pipeline.step.outputs import StepOutputs
 
 SUMMARY_SCHEMA = pa.schema(
     [
@@ -68,14 +73,14 @@ def summary_table(columns: dict[str, list | np.ndarray]) -> pa.Table:
     """One batch of summary rows: a value list/array per schema column (missing -> nulls)."""
     n = len(next(iter(columns.values())))
     arrays = []
-    for field in SUMMARY_SCHEMA:
-        values = columns.get(field.name)
-        if values is None and field.name in DEFAULTS:
-            arrays.append(pa.array([DEFAULTS[field.name]] * n, type=field.type))
+    for column in SUMMARY_SCHEMA:
+        values = columns.get(column.name)
+        if values is None and column.name in DEFAULTS:
+            arrays.append(pa.array([DEFAULTS[column.name]] * n, type=column.type))
         elif values is None:
-            arrays.append(pa.nulls(n, field.type))
+            arrays.append(pa.nulls(n, column.type))
         else:
-            arrays.append(pa.array(values, type=field.type, from_pandas=True))
+            arrays.append(pa.array(values, type=column.type, from_pandas=True))
     return pa.Table.from_arrays(arrays, schema=SUMMARY_SCHEMA)
 
 
@@ -83,3 +88,141 @@ def error_kinds(errors: pd.Series, top: int = 5) -> list[tuple[str, int]]:
     """The commonest error messages, paths and details stripped: [(kind, count)]."""
     kinds = errors.dropna().map(lambda m: re.split(r"[:(]", m, maxsplit=1)[0].strip())
     return [(k, int(n)) for k, n in kinds.value_counts().head(top).items()]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One batch after the step, as numpy: one entry per image or, after expand_ranks, per
+    summary row (image x rank)."""
+
+    rows: np.ndarray  # (B,) int64: manifest rows
+    ok: np.ndarray  # (B,) bool: the image loaded (and, with target=label, has a label)
+    errors: list[str | None]  # (B,) why a row is not ok
+    orig_hw: np.ndarray  # (B,2) int: the original image's (height, width)
+    labels: np.ndarray  # (B,) int32: label index, -1 for none
+    box_warnings: list[str | None]  # (B,)
+    out: StepOutputs  # numpy arrays; explanation fields (B,K,...) with target=topk
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)  # column -> (B,) or (B,K)
+    rank: np.ndarray | None = None  # (B,) int32 after expand_ranks
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What every batch's rows share: the manifest and the model's classes."""
+
+    table: pd.DataFrame  # the manifest as read (one row per manifest row)
+    label_warnings: list[str | None]  # per manifest row
+    class_names: list[str]
+    method: str  # cam.name
+
+
+@dataclass(frozen=True)
+class FilePaths:
+    """Each summary row's files, relative to the output folder (None: not written)."""
+
+    heatmap: list[str | None]
+    overlay: list[str | None]
+    guided: list[str | None]
+
+
+def require_labels(batch: BatchResult) -> BatchResult:
+    """target=label: rows without a usable label become error rows."""
+    missing = batch.ok & (batch.labels < 0)
+    if not missing.any():
+        return batch
+    errors = [
+        "target=label but the row has no usable label" if m else e
+        for m, e in zip(missing, batch.errors)
+    ]
+    return replace(batch, ok=batch.ok & ~missing, errors=errors)
+
+
+def expand_ranks(batch: BatchResult, ranks: int) -> BatchResult:
+    """One entry per summary row: K per image with target=topk (image-major, rank minor)."""
+    n = len(batch.rows)
+    img = np.repeat(np.arange(n), ranks)
+    rank = np.tile(np.arange(ranks), n).astype(np.int32)
+    if ranks == 1:
+        return replace(batch, rank=rank)
+    flat = _map_arrays(lambda a: a.reshape(n * ranks, *a.shape[2:]), batch.out.explanation)
+    predictions = _map_arrays(lambda a: a[img], batch.out.predictions)
+    return replace(
+        batch,
+        rows=batch.rows[img],
+        ok=batch.ok[img],
+        errors=[batch.errors[i] for i in img],
+        orig_hw=batch.orig_hw[img],
+        labels=batch.labels[img],
+        box_warnings=[batch.box_warnings[i] for i in img],
+        out=StepOutputs(predictions, flat),
+        metrics={k: v.reshape(n * ranks) for k, v in batch.metrics.items()},
+        rank=rank,
+    )
+
+
+def _map_arrays(fn: Callable[[np.ndarray], np.ndarray], values: tuple) -> tuple:
+    """fn applied to every array of a (nested) NamedTuple; None stays None."""
+    mapped = [
+        None if v is None else _map_arrays(fn, v) if isinstance(v, tuple) else fn(v) for v in values
+    ]
+    return type(values)(*mapped)
+
+
+def batch_rows(batch: BatchResult, ctx: RowContext, files: FilePaths) -> pa.Table:
+    """The summary rows of one batch (after expand_ranks), in SUMMARY_SCHEMA."""
+    ok, labels, names = batch.ok, batch.labels, ctx.class_names
+    pred, exp = batch.out.predictions, batch.out.explanation
+    sub = ctx.table.iloc[batch.rows]
+    stats = exp.stats._asdict()
+    hit = stats.pop("pointing_hit")
+    columns = {
+        "row": batch.rows,
+        "id": sub["id"].tolist(),
+        "path": sub["manifest_path"].tolist(),
+        "status": np.where(ok, "ok", "error").tolist(),
+        "method": [ctx.method] * len(ok),
+        "rank": batch.rank,
+        "error": [None if k else e for k, e in zip(ok, batch.errors)],
+        "warning": [
+            _join(ctx.label_warnings[r], w) for r, w in zip(batch.rows, batch.box_warnings)
+        ],
+        "label": sub["label"].tolist(),
+        "label_index": _nullable(labels, labels >= 0),
+        "group": sub["group"].tolist(),
+        "width": _nullable(batch.orig_hw[:, 1], ok),
+        "height": _nullable(batch.orig_hw[:, 0], ok),
+        **{c: sub[c].tolist() for c in BOX_COLUMNS},
+        "pred_index": _nullable(pred.pred_index, ok),
+        "pred_label": [names[p] if k else None for p, k in zip(pred.pred_index, ok)],
+        "pred_score": _nullable(pred.pred_score, ok),
+        "topk_index": [t.tolist() if k else None for t, k in zip(pred.topk_index, ok)],
+        "topk_score": [t.tolist() if k else None for t, k in zip(pred.topk_score, ok)],
+        "target_index": _nullable(exp.target_index, ok),
+        "target_label": [names[t] if k else None for t, k in zip(exp.target_index, ok)],
+        "target_score": _nullable(exp.target_score, ok),
+        "correct": _nullable(pred.pred_index == labels, ok & (labels >= 0)),
+        "heatmap_path": files.heatmap,
+        "overlay_path": files.overlay,
+        "guided_path": files.guided,
+        "cam_max": _nullable(exp.cam_max, ok),
+        **{c: _nullable(v, ok) for c, v in stats.items()},
+        "pointing_hit": _nullable(hit > 0.5, ok & ~np.isnan(hit)),
+        **{c: _nullable(v, ok) for c, v in batch.metrics.items()},
+    }
+    return summary_table(columns)
+
+
+def _join(*messages: str | None) -> str | None:
+    parts = [m for m in messages if m]
+    return "; ".join(parts) if parts else None
+
+
+def _nullable(values: np.ndarray, keep: np.ndarray) -> list:
+    """Values as a list with None where keep is False (and where float values are NaN)."""
+    out = []
+    for value, k in zip(values.tolist(), keep):
+        if not k or (isinstance(value, float) and value != value):
+            out.append(None)
+        else:
+            out.append(value)
+    return out

@@ -23,7 +23,8 @@ numbers.
 
 instead clusters N synthetic maps of one class (MAP_SIZE x MAP_SIZE float32: Gaussian blobs at
 random places and widths, a fifth near-identical maps on one corner, a little noise) with
-pipeline.strategies.cluster_maps at the strategies config's defaults, each N in a fresh process:
+pipeline.report.strategies.cluster_maps at the strategies config's defaults, each N in a fresh
+process:
 wall seconds, that process's peak RSS, the clusters and eigengap found, whether the corner group
 came back whole (Jaccard of the best cluster), and a second, instrumented run's time per stage.
 """
@@ -206,11 +207,11 @@ def time_pipeline(cfg, output_dir: Path, warmup: int) -> tuple[Timing, Timing]:
     batch (missing files: computed, nothing written): build_step is wrapped to note when that
     batch's step has returned.
     """
-    import pipeline.step  # here, not at the top: --help and --strategies never load TensorFlow
+    import pipeline.loop  # here, not at the top: --help and --strategies never load TensorFlow
     from pipeline.run import run
 
     marks: dict[str, float | int] = {}
-    real_build_step = pipeline.step.build_step
+    real_build_step = pipeline.loop.build_step
 
     def build_step(*args, **kwargs) -> Callable:
         step = real_build_step(*args, **kwargs)
@@ -218,7 +219,7 @@ def time_pipeline(cfg, output_dir: Path, warmup: int) -> tuple[Timing, Timing]:
         def timed_step(images, *rest):
             result = step(images, *rest)
             if "first" not in marks:
-                result["cam_max"].numpy()  # the batch is computed
+                result.explanation.cam_max.numpy()  # the batch is computed
                 marks["first"] = time.perf_counter()
                 marks["rows"] = int(images.shape[0])
             return result
@@ -226,11 +227,11 @@ def time_pipeline(cfg, output_dir: Path, warmup: int) -> tuple[Timing, Timing]:
         return timed_step
 
     start = time.perf_counter()
-    with mock.patch.object(pipeline.step, "build_step", build_step):
+    with mock.patch.object(pipeline.loop, "build_step", build_step):
         result = run(cfg, output_dir)
     end = time.perf_counter()
     if "first" not in marks:
-        raise RuntimeError("run() did not use pipeline.step.build_step; cannot time its batches")
+        raise RuntimeError("run() did not use pipeline.loop.build_step; cannot time its batches")
     if marks["rows"] != warmup:
         raise RuntimeError(f"warm-up batch has {marks['rows']} rows; expected {warmup}")
     if result.errors != warmup:
@@ -333,7 +334,7 @@ def save_and_display_gradcam(img_path, heatmap, jet_colors, cam_path="cam.jpg", 
 
 @contextlib.contextmanager
 def stage_clocks() -> Iterator[dict[str, float]]:
-    """Time the stages of pipeline.strategies.cluster_maps while it runs unchanged.
+    """Time the stages of pipeline.report.strategies.cluster_maps while it runs unchanged.
 
     The module's own functions and the sklearn/scipy calls it makes are wrapped in place, so the
     stages are exactly what cluster_maps does; yields the clocks: seconds added up by name.

@@ -115,6 +115,11 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+def as_numpy(outputs):
+    """The step's outputs (a NamedTuple of tensors) as the same NamedTuple of numpy arrays."""
+    return tf.nest.map_structure(lambda t: None if t is None else t.numpy(), outputs)
+
+
 def no_boxes(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The step's box inputs for n images without boxes: boxes, box_valid, tolerance."""
     return np.zeros((n, 4), np.float32), np.zeros(n, bool), np.zeros((n, 2), np.float32)

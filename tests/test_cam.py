@@ -10,6 +10,7 @@ import tensorflow as tf
 from conftest import (
     N_CLASSES,
     SIZE,
+    as_numpy,
     custom_model,
     no_boxes,
     reference_gradcam,
@@ -22,7 +23,8 @@ from pipeline.cam import get_method
 from pipeline.config import ModelConfig
 from pipeline.model import load_model
 from pipeline.run import run
-from pipeline.step import TARGET_LABEL, TARGET_PRED, build_step
+from pipeline.step.build import build_step
+from pipeline.step.targets import TARGET_LABEL, TARGET_PRED
 
 
 def _load(path, layer="auto", score="logits", preprocess="unit"):
@@ -42,7 +44,7 @@ def _images(n: int, seed: int = 0, channels: int = 3) -> np.ndarray:
 def _run_step(loaded, images, labels, target=TARGET_LABEL):
     step = build_step(loaded, get_method("gradcam"), 3, target)
     n = len(images)
-    return {k: v.numpy() for k, v in step(images, labels.astype(np.int32), *no_boxes(n)).items()}
+    return as_numpy(step(images, labels.astype(np.int32), *no_boxes(n)))
 
 
 @pytest.mark.parametrize("name", ["rgb", "softmax_layer", "linear", "gray", "rgb_h5"])
@@ -56,9 +58,9 @@ def test_batch_equals_textbook_reference_with_mixed_targets(model_files, name):
     nonzero = 0
     for i in range(len(images)):
         ref = reference_gradcam(model, "last_conv", images[i] / 255.0, int(labels[i]))
-        np.testing.assert_allclose(res["map"][i], ref, atol=1e-4, err_msg=f"image {i}")
+        np.testing.assert_allclose(res.explanation.map[i], ref, atol=1e-4, err_msg=f"image {i}")
         nonzero += ref.max() > 0
-        assert res["target_index"][i] == labels[i]
+        assert res.explanation.target_index[i] == labels[i]
     assert nonzero >= 5, "too many empty maps for the comparison to mean anything"
 
 
@@ -69,8 +71,19 @@ def test_batch_of_n_equals_n_batches_of_one(model_files):
     whole = _run_step(loaded, images, labels, target=TARGET_PRED)
     for i in range(len(images)):
         alone = _run_step(loaded, images[i : i + 1], labels[i : i + 1], target=TARGET_PRED)
-        for key in ("map", "map_input", "cam_max", "pred_index", "topk_score", "border_fraction"):
-            np.testing.assert_allclose(whole[key][i], alone[key][0], atol=1e-5, err_msg=key)
+        pairs = {
+            "map": (whole.explanation.map, alone.explanation.map),
+            "map_input": (whole.explanation.map_input, alone.explanation.map_input),
+            "cam_max": (whole.explanation.cam_max, alone.explanation.cam_max),
+            "pred_index": (whole.predictions.pred_index, alone.predictions.pred_index),
+            "topk_score": (whole.predictions.topk_score, alone.predictions.topk_score),
+            "border": (
+                whole.explanation.stats.border_fraction,
+                alone.explanation.stats.border_fraction,
+            ),
+        }
+        for key, (w, a) in pairs.items():
+            np.testing.assert_allclose(w[i], a[0], atol=1e-5, err_msg=key)
 
 
 def test_step_upsamples_and_colours_the_maps(model_files):
@@ -80,16 +93,21 @@ def test_step_upsamples_and_colours_the_maps(model_files):
 
     loaded = _load(model_files["rgb"])
     res = _run_step(loaded, _images(5, seed=2), np.full(5, -1), target=TARGET_PRED)
-    up = tf.image.resize(res["map"][..., None], (SIZE, SIZE), method="bilinear").numpy()[..., 0]
-    np.testing.assert_allclose(res["map_input"], np.clip(up, 0, 1), atol=1e-6)
-    assert res["colour"].shape == (5, SIZE, SIZE, 3) and res["colour"].dtype == np.uint8
-    levels = np.round(res["map_input"] * 255).astype(int)
-    np.testing.assert_array_equal(res["colour"], jet_lut()[levels])
-    peaks = res["map"].max(axis=(1, 2))
+    up = tf.image.resize(res.explanation.map[..., None], (SIZE, SIZE), method="bilinear").numpy()[
+        ..., 0
+    ]
+    np.testing.assert_allclose(res.explanation.map_input, np.clip(up, 0, 1), atol=1e-6)
+    assert (
+        res.explanation.colour.shape == (5, SIZE, SIZE, 3)
+        and res.explanation.colour.dtype == np.uint8
+    )
+    levels = np.round(res.explanation.map_input * 255).astype(int)
+    np.testing.assert_array_equal(res.explanation.colour, jet_lut()[levels])
+    peaks = res.explanation.map.max(axis=(1, 2))
     assert np.all((peaks == 1.0) | (peaks == 0.0))  # each map normalised to its own maximum
-    assert (peaks == 1.0).sum() >= 3 and res["colour"].std() > 0
+    assert (peaks == 1.0).sum() >= 3 and res.explanation.colour.std() > 0
     plain = build_step(loaded, get_method("gradcam"), 3, TARGET_PRED, colour=False)
-    assert "colour" not in plain(_images(2), np.full(2, -1, np.int32), *no_boxes(2))
+    assert plain(_images(2), np.full(2, -1, np.int32), *no_boxes(2)).explanation.colour is None
 
 
 def test_probs_score_explains_softmax_output(model_files):
@@ -101,7 +119,7 @@ def test_probs_score_explains_softmax_output(model_files):
     model = keras.models.load_model(model_files["rgb"])
     for i in range(4):
         ref = reference_gradcam(model, "last_conv", images[i] / 255.0, int(labels[i]), logits=False)
-        np.testing.assert_allclose(res["map"][i], ref, atol=1e-4)
+        np.testing.assert_allclose(res.explanation.map[i], ref, atol=1e-4)
 
 
 def test_all_negative_evidence_gives_zero_map_not_nan(tmp_path):
@@ -114,23 +132,25 @@ def test_all_negative_evidence_gives_zero_map_not_nan(tmp_path):
     model.save(path)
     loaded = _load(path)
     res = _run_step(loaded, _images(3), np.zeros(3))
-    assert np.all(res["map"] == 0) and np.all(res["map_input"] == 0)
-    assert np.all(res["cam_max"] == 0)
-    assert not np.isnan(res["map"]).any()
-    assert np.isnan(res["cam_entropy"]).all()  # undefined without mass: stored as null
+    assert np.all(res.explanation.map == 0) and np.all(res.explanation.map_input == 0)
+    assert np.all(res.explanation.cam_max == 0)
+    assert not np.isnan(res.explanation.map).any()
+    assert np.isnan(
+        res.explanation.stats.cam_entropy
+    ).all()  # undefined without mass: stored as null
 
 
 def test_fixed_integer_target(model_files):
     loaded = _load(model_files["rgb"])
     res = _run_step(loaded, _images(4), np.full(4, -1), target=2)
-    assert (res["target_index"] == 2).all()
+    assert (res.explanation.target_index == 2).all()
 
 
 def test_label_target_falls_back_to_prediction_without_label(model_files):
     loaded = _load(model_files["rgb"])
     res = _run_step(loaded, _images(4), np.array([1, -1, 3, -1]))
-    assert list(res["target_index"][[0, 2]]) == [1, 3]
-    assert list(res["target_index"][[1, 3]]) == list(res["pred_index"][[1, 3]])
+    assert list(res.explanation.target_index[[0, 2]]) == [1, 3]
+    assert list(res.explanation.target_index[[1, 3]]) == list(res.predictions.pred_index[[1, 3]])
 
 
 def test_skip_connection_model_full_tape_matches_reference(model_files):
@@ -142,7 +162,7 @@ def test_skip_connection_model_full_tape_matches_reference(model_files):
     model = keras.models.load_model(model_files["skip"])
     for i in range(5):
         ref = reference_gradcam(model, "branch", images[i] / 255.0, int(labels[i]))
-        np.testing.assert_allclose(res["map"][i], ref, atol=1e-4)
+        np.testing.assert_allclose(res.explanation.map[i], ref, atol=1e-4)
 
 
 def test_pipeline_heatmaps_match_reference_including_short_last_batch(
@@ -189,9 +209,11 @@ def test_single_sigmoid_output_is_two_classes(tmp_path):
     labels = np.array([0, 1, 0, 1, 0, 1])
     res = _run_step(loaded, images, labels)
     p = model(images / 255.0).numpy()[:, 0]
-    np.testing.assert_allclose(res["topk_score"].sum(axis=1), 1.0, atol=1e-6)
-    np.testing.assert_array_equal(res["pred_index"], (p > 0.5).astype(int))
-    np.testing.assert_allclose(res["target_score"], np.where(labels == 1, p, 1 - p), atol=1e-6)
+    np.testing.assert_allclose(res.predictions.topk_score.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(res.predictions.pred_index, (p > 0.5).astype(int))
+    np.testing.assert_allclose(
+        res.explanation.target_score, np.where(labels == 1, p, 1 - p), atol=1e-6
+    )
     pre = keras.Model(model.inputs, [model.get_layer("last_conv").output, model.layers[-2].output])
     for i in range(6):
         with tf.GradientTape() as tape:
@@ -202,7 +224,7 @@ def test_single_sigmoid_output_is_two_classes(tmp_path):
         grads = tape.gradient(score, conv)[0].numpy()
         cam = np.maximum((conv[0].numpy() * grads.mean(axis=(0, 1))).sum(-1), 0)
         ref = cam / cam.max() if cam.max() > 0 else cam
-        np.testing.assert_allclose(res["map"][i], ref, atol=1e-4)
+        np.testing.assert_allclose(res.explanation.map[i], ref, atol=1e-4)
 
 
 def test_target_topk_explains_each_top_class_in_its_own_row(

@@ -48,8 +48,11 @@ def manifest(tmp_path):
         (["model=nope"], "Could not find 'model/nope'"),
         (["model.wieghts=null"], "wieghts"),
         (["batch_size=many"], "batch_size"),
+        (["batch_size=0"], "batch_size=0; expected a positive integer"),
+        (["target=best"], "target='best'; expected pred, label, topk or a class index"),
+        (["model=custom"], "model=custom needs model.path"),
     ],
-    ids=["unknown_preset", "typo_key", "bad_type"],
+    ids=["unknown_preset", "typo_key", "bad_type", "bad_value", "bad_target", "custom_no_path"],
 )
 def test_bad_overrides_exit_2_in_one_line(args, message, tmp_path):
     proc = cli(*args, f"output_dir={tmp_path / 'out'}")

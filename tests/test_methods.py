@@ -6,12 +6,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import N_CLASSES, SIZE, compose_cfg, no_boxes
+from conftest import CONF_DIR, N_CLASSES, SIZE, compose_cfg, no_boxes
+from omegaconf import OmegaConf
 
-from pipeline.cam import METHODS, get_method
+from pipeline.cam import METHODS, from_config, get_method
 from pipeline.config import ModelConfig
+from pipeline.errors import ConfigError
 from pipeline.model import load_model
-from pipeline.step import TARGET_LABEL, build_step
+from pipeline.step.build import build_step
+from pipeline.step.targets import TARGET_LABEL
 
 EPS = 1e-7
 
@@ -81,7 +84,7 @@ def test_method_matches_paper_formula_and_is_batch_independent(model_files, name
 
     def maps(idx):
         n = len(idx)
-        return step(images[idx], labels[idx], *no_boxes(n))["map"].numpy()
+        return step(images[idx], labels[idx], *no_boxes(n)).explanation.map.numpy()
 
     batch = maps(list(range(9)))
     model = keras.models.load_model(model_files["rgb"])
@@ -102,7 +105,7 @@ def test_scorecam_matches_per_image_definition(model_files):
     step = build_step(loaded, method, 3, TARGET_LABEL)
     images = _images(5, seed=6)
     labels = (np.arange(5) % N_CLASSES).astype(np.int32)
-    batch = step(images, labels, *no_boxes(5))["map"].numpy()
+    batch = step(images, labels, *no_boxes(5)).explanation.map.numpy()
     model = keras.models.load_model(model_files["rgb"])
     features = keras.Model(model.inputs, model.get_layer("last_conv").output)
     for i in range(5):
@@ -119,7 +122,7 @@ def test_scorecam_matches_per_image_definition(model_files):
         ref = cam / cam.max() if cam.max() > 0 else cam
         np.testing.assert_allclose(batch[i], ref, atol=1e-4, err_msg=f"image {i}")
     alone = step(images[:1], labels[:1], *no_boxes(1))
-    np.testing.assert_allclose(alone["map"].numpy()[0], batch[0], atol=1e-5)
+    np.testing.assert_allclose(alone.explanation.map.numpy()[0], batch[0], atol=1e-5)
 
 
 def test_methods_differ():
@@ -167,7 +170,7 @@ def test_model_randomisation_sanity_check(model_files, tmp_path):
             loaded = _load(path, layer="last_conv")
             step = build_step(loaded, get_method(name), 3, TARGET_LABEL)
             out = step(images, labels, *no_boxes(6))
-            maps.append(out["map"].numpy())
+            maps.append(out.explanation.map.numpy())
         report[name] = float(np.mean([_spearman(a, b) for a, b in zip(*maps)]))
     print("rank correlation trained vs randomised:", report)
     for name, rho in report.items():
@@ -202,17 +205,17 @@ def test_guided_gradcam_matches_manual_guided_backprop(model_files, tmp_path):
             h = grelu(tf.nn.conv2d(h, w2, 1, "SAME") + b2)
             logit = (tf.reduce_mean(h, axis=(1, 2)) @ wd + bd)[0, labels[i]]
         grad = tape.gradient(logit, x)[0].numpy()
-        expected = grad * out["map_input"].numpy()[i][..., None]
-        np.testing.assert_allclose(out["guided"].numpy()[i], expected, atol=1e-5)
-    assert np.abs(out["guided"].numpy()).max() > 0
+        expected = grad * out.explanation.map_input.numpy()[i][..., None]
+        np.testing.assert_allclose(out.explanation.guided.numpy()[i], expected, atol=1e-5)
+    assert np.abs(out.explanation.guided.numpy()).max() > 0
 
 
 def test_eigen_smooth_is_first_component_of_contributions(model_files):
     loaded = _load(model_files["rgb"])
-    step = build_step(loaded, get_method("gradcam"), 3, TARGET_LABEL, eigen_smooth=True)
+    step = build_step(loaded, get_method("gradcam", eigen_smooth=True), 3, TARGET_LABEL)
     images = _images(4, seed=14)
     labels = np.arange(4, dtype=np.int32)
-    got = step(images, labels, *no_boxes(4))["map"].numpy()
+    got = step(images, labels, *no_boxes(4)).explanation.map.numpy()
     model = keras.models.load_model(model_files["rgb"])
     for i in range(4):
         a, g = acts_and_grads(model, images[i] / 255.0, int(labels[i]))
@@ -228,22 +231,39 @@ def test_eigen_smooth_is_first_component_of_contributions(model_files):
 
 def test_aug_smooth_averages_flipped_and_brightened_maps(model_files):
     loaded = _load(model_files["rgb"])
-    kwargs = dict(method=get_method("gradcam"), topk=3, target=TARGET_LABEL)
-    smooth = build_step(loaded, aug_smooth=True, **kwargs)
-    plain = build_step(loaded, **kwargs)
+    kwargs = dict(topk=3, target=TARGET_LABEL)
+    smooth = build_step(loaded, get_method("gradcam", aug_smooth=True), **kwargs)
+    plain = build_step(loaded, get_method("gradcam"), **kwargs)
     images = _images(3, seed=15)
     labels = np.arange(3, dtype=np.int32)
     zeros = no_boxes(3)
-    got = smooth(images, labels, *zeros)["map"].numpy()
+    got = smooth(images, labels, *zeros).explanation.map.numpy()
     total = 0
     for flip in (False, True):
         for factor in (0.9, 1.0, 1.1):
             aug = images.astype(np.float32)[:, :, ::-1] if flip else images.astype(np.float32)
             aug = np.clip(aug * factor, 0, 255)
             # the plain step takes uint8: round-trip the brightness change like the pipeline's
-            m = plain(np.round(aug).astype(np.uint8), labels, *zeros)["map"].numpy()
+            m = plain(np.round(aug).astype(np.uint8), labels, *zeros).explanation.map.numpy()
             total = total + (m[:, :, ::-1] if flip else m)
     mean = total / 6
     expected = mean / mean.max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(got, expected, atol=0.02)  # rounding to uint8 in the reference
-    assert not np.allclose(got, plain(images, labels, *zeros)["map"].numpy(), atol=1e-3)
+    assert not np.allclose(got, plain(images, labels, *zeros).explanation.map.numpy(), atol=1e-3)
+
+
+def test_every_cam_config_builds_its_method_from_its_own_options():
+    """conf/cam/<name>.yaml and METHODS name the same methods; each builds from its group."""
+    names = sorted(p.stem for p in (CONF_DIR / "cam").glob("*.yaml"))
+    assert names == sorted(METHODS)
+    for name in names:
+        cam = OmegaConf.to_object(compose_cfg(f"cam={name}", "cam.aug_smooth=true").cam)
+        method = from_config(cam)
+        assert type(method) is METHODS[name] and method.name == name and method.aug_smooth
+    score = from_config(OmegaConf.to_object(compose_cfg("cam=scorecam", "cam.batch_size=3").cam))
+    assert (score.channels_per_pass, score.max_channels) == (3, 64)
+    assert from_config(OmegaConf.to_object(compose_cfg("cam.eigen_smooth=true").cam)).eigen_smooth
+    with pytest.raises(ConfigError, match="cam.eigen_smooth does not apply to cam=scorecam"):
+        from_config(OmegaConf.to_object(compose_cfg("cam=scorecam", "cam.eigen_smooth=true").cam))
+    with pytest.raises(ConfigError, match="unknown cam method 'nope'"):
+        from_config(OmegaConf.to_object(compose_cfg("cam.name=nope").cam))

@@ -10,14 +10,16 @@ from conftest import SIZE, compose_cfg, custom_model, no_boxes
 from PIL import Image
 
 from pipeline.cam import get_method
-from pipeline.config import ModelConfig
+from pipeline.config import DemoConfig, ModelConfig
 from pipeline.demo import ensure_demo
 from pipeline.errors import ConfigError
 from pipeline.manifest import read_manifest, resolve_labels
 from pipeline.metrics import COLUMNS, build_metrics, check_names
 from pipeline.model import load_model
 from pipeline.run import run
-from pipeline.step import TARGET_LABEL, build_step, make_forward
+from pipeline.step.build import build_step
+from pipeline.step.forward import make_forward
+from pipeline.step.targets import TARGET_LABEL
 
 NAMES = list(COLUMNS)
 
@@ -74,7 +76,7 @@ def test_real_maps_beat_random_maps(tmp_path):
     """On the demo set (known object boxes, a trained CNN), Grad-CAM maps must delete the
     evidence faster and insert it faster than random maps of the same shape: each image
     scored with another image's map."""
-    assets = ensure_demo(str(tmp_path / "cache"), 24, 64, 12, 0)
+    assets = ensure_demo(DemoConfig(str(tmp_path / "cache"), n_per_class=24, image_size=64))
     spec = ModelConfig(
         name="custom",
         path=str(assets.model),
@@ -88,11 +90,11 @@ def test_real_maps_beat_random_maps(tmp_path):
     step = build_step(loaded, get_method("gradcam"), 3, TARGET_LABEL)
     n = len(images)
     res = step(images, labels.astype(np.int32), *no_boxes(n))
-    real = res["map_input"].numpy()
+    real = res.explanation.map_input.numpy()
     # random maps of the same shape: another image's real map (the objects sit elsewhere)
     random = np.roll(real, 1, axis=0)
     metrics = build_metrics(make_forward(loaded), NAMES, 8, loaded.input_size, 3)
-    targets = res["target_index"]
+    targets = res.explanation.target_index
     got = {
         name: {k: float(v.numpy().mean()) for k, v in metrics(images, maps, targets).items()}
         for name, maps in (("real", real), ("random", random))

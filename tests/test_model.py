@@ -11,7 +11,8 @@ from pipeline.cam import get_method
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
 from pipeline.model import PRESETS, find_layer, load_model
-from pipeline.step import TARGET_PRED, build_step
+from pipeline.step.build import build_step
+from pipeline.step.targets import TARGET_PRED
 
 
 def _activation(layer) -> str:
@@ -159,8 +160,11 @@ def test_presets_build_offline_and_auto_agrees(preset):
     step = build_step(loaded, get_method("gradcam"), 5, TARGET_PRED)
     images = np.random.default_rng(0).integers(0, 256, (2, side, side, 3), dtype=np.uint8)
     res = step(images, np.full(2, -1, np.int32), *no_boxes(2))
-    assert res["map_input"].shape == (2, side, side)
-    assert np.isfinite(res["map"].numpy()).all() and res["topk_index"].shape == (2, 5)
+    assert res.explanation.map_input.shape == (2, side, side)
+    assert np.isfinite(res.explanation.map.numpy()).all() and res.predictions.topk_index.shape == (
+        2,
+        5,
+    )
 
 
 def test_keras2_savedmodel_folder_loads_with_layers(tmp_path):

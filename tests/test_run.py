@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
@@ -15,7 +14,7 @@ from PIL import Image
 
 from pipeline.errors import ConfigError
 from pipeline.outputs import safe_name
-from pipeline.run import normalise_tolerance, run
+from pipeline.run import run
 from pipeline.summary import SUMMARY_SCHEMA
 
 REQUIRED = (
@@ -200,79 +199,6 @@ def test_bad_values_fail_before_any_work(audit, override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         audit(override)
     assert not (tmp_path / "out").exists()  # nothing was started
-
-
-def test_overlay_is_jet_of_the_map_blended_with_alpha():
-    from pipeline.outputs import blend_overlay, jet_lut
-
-    base = Image.new("RGB", (30, 20), (100, 100, 100))
-    colour = np.zeros((8, 8, 3), np.uint8)
-    colour[:, :4], colour[:, 4:] = jet_lut()[0], jet_lut()[255]  # left cold, right hot
-    out = np.asarray(blend_overlay(base, colour, 0.4)).astype(int)
-    assert out.shape == (20, 30, 3)
-    np.testing.assert_allclose(out[10, 1], np.round(0.6 * 100 + 0.4 * jet_lut()[0]), atol=1)
-    np.testing.assert_allclose(out[10, 28], np.round(0.6 * 100 + 0.4 * jet_lut()[255]), atol=1)
-
-
-def test_overlay_resizes_a_smooth_map_by_nearest_up_to_3x_then_bilinear():
-    from pipeline.outputs import NEAREST_UP_TO, blend_overlay
-
-    ramp = np.repeat(np.linspace(0, 250, 16).astype(np.uint8)[None, :, None], 16, 0)  # (16,16,1)
-    colour = np.repeat(ramp, 3, axis=2)  # a gray ramp along x stands in for the jet colours
-    black = Image.new("RGB", (40, 40))  # 2.5x: nearest
-    near = np.asarray(blend_overlay(black, colour, 1.0))[0, :, 0]
-    expected = np.asarray(Image.fromarray(colour).resize((40, 40), Image.NEAREST))[0, :, 0]
-    np.testing.assert_array_equal(near, expected)
-    assert 2.5 <= NEAREST_UP_TO
-    big = np.asarray(blend_overlay(Image.new("RGB", (160, 160)), colour, 1.0))[0, :, 0]
-    steps = np.diff(big.astype(int))
-    assert steps.max() <= 6 and len(np.unique(big)) > 100  # 10x: interpolated, no 10px blocks
-
-
-def test_one_ahead_keeps_order_overlaps_and_raises_in_place():
-    import threading
-
-    from pipeline.run import one_ahead
-
-    started = {i: threading.Event() for i in range(4)}
-
-    def compute(i: int) -> int:
-        started[i].set()
-        if i == 2:
-            raise ValueError("bad item 2")
-        return i * 10
-
-    results = []
-    with pytest.raises(ValueError, match="bad item 2"):
-        for value in one_ahead(compute, range(4)):
-            # while the caller holds item i, item i+1 is already being computed
-            assert started[value // 10 + 1].wait(timeout=10)
-            results.append(value)
-    assert results == [0, 10]  # the failure surfaces in order, after the items before it
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
-def test_writer_threads_yield_to_the_compute_threads():
-    import os
-    import threading
-
-    from pipeline.run import WRITER_NICE, writer_pool
-
-    def nice() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    mine = nice()
-    with writer_pool(2) as pool:
-        theirs = pool.submit(nice).result()
-    assert theirs == min(19, mine + WRITER_NICE)
-    assert nice() == mine  # the calling thread keeps its priority
-
-
-def test_tolerance_is_normalised_by_each_images_own_width_and_height():
-    orig_hw = np.array([[40, 160], [300, 30], [0, 0]])  # (h, w); the last image did not load
-    got = normalise_tolerance(15.0, orig_hw)
-    np.testing.assert_allclose(got, [[15 / 160, 15 / 40], [15 / 30, 15 / 300], [15, 15]])
-    assert got.dtype == np.float32 and not normalise_tolerance(0.0, orig_hw).any()
 
 
 def test_pointing_hit_follows_the_tolerance_in_original_pixels(

@@ -1,4 +1,10 @@
-"""CAM methods: small plugins over one shared base, chosen by `cam.name`."""
+"""CAM methods: small plugins over one shared base (base.py), chosen by `cam.name`.
+
+A new method is one file here with a subclass of CamMethod, one line in METHODS, and
+conf/cam/<name>.yaml.
+"""
+
+from typing import Any
 
 from pipeline.cam.base import CamMethod
 from pipeline.cam.eigencam import EigenCam
@@ -26,11 +32,21 @@ METHODS: dict[str, type[CamMethod]] = {
 }
 
 
-def get_method(name: str, **options) -> CamMethod:
-    """The CAM method registered under `name`, with its options (e.g. Score-CAM's)."""
+def method_class(name: str) -> type[CamMethod]:
+    """The CAM method registered under `name` (cam.name)."""
     if name not in METHODS:
         raise ConfigError(f"unknown cam method {name!r}; expected one of {', '.join(METHODS)}")
-    return METHODS[name](**options)
+    return METHODS[name]
 
 
-__all__ = ["CamMethod", "METHODS", "get_method"]
+def get_method(name: str, **options) -> CamMethod:
+    """The CAM method registered under `name`, with its options (e.g. eigen_smooth=True)."""
+    return method_class(name)(**options)
+
+
+def from_config(cam: Any) -> CamMethod:
+    """The method the `cam` config group names, built from that group's options."""
+    return method_class(cam.name).from_config(cam)
+
+
+__all__ = ["CamMethod", "METHODS", "from_config", "get_method", "method_class"]

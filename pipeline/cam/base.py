@@ -1,20 +1,37 @@
-"""The shared CAM algorithm: weight the target layer's channels, sum, ReLU."""
+"""The shared CAM algorithm (weight the channels, sum, ReLU) and the hooks a method overrides."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 
 
 class CamMethod:
-    """Turns activations and gradients of a batch into raw (unnormalised) maps.
+    """Turns the target layer's activations and gradients of a batch into raw maps.
 
-    Subclasses give the per-image channel weights; a method that needs more overrides `__call__`.
+    The hooks, from the narrowest to the widest; a method overrides the first that fits:
+    - `weights(acts, grads)` -> (B,C): per-image channel weights (Grad-CAM, Grad-CAM++, ...)
+    - `contributions(acts, grads)` -> (B,h,w,C): each channel's share of the map (HiResCAM, ...)
+    - `combine(contributions)` -> (B,h,w): contributions to one map (Eigen-CAM: first component)
+    - `compute(acts, grads, pixels, targets, forward)` -> (B,h,w): the raw map of a batch, with
+      the pixels and a forward function for methods that need more (Score-CAM)
+    and `from_config(cam)` builds the method from the `cam` config group (its own options).
     Normalisation per image happens in the compiled step, shared by all methods.
     """
 
     name = "base"
-    needs_forward = False  # True: compute() also gets the pixels, targets and a forward function
-    guided = False  # True: the step also returns guided backpropagation x the map ("guided")
+    guided = False  # True: the step also explains with guided backpropagation x the map
+
+    def __init__(self, eigen_smooth: bool = False, aug_smooth: bool = False):
+        self.eigen_smooth = eigen_smooth  # first principal component instead of the sum
+        self.aug_smooth = aug_smooth  # the step averages maps over flips and brightness changes
+
+    @classmethod
+    def from_config(cls, cam: Any) -> CamMethod:
+        """The method with the options of the `cam` config group (a CamConfig)."""
+        return cls(eigen_smooth=cam.eigen_smooth, aug_smooth=cam.aug_smooth)
 
     def weights(self, acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:  # (B,h,w,C) -> (B,C)
         raise NotImplementedError
@@ -24,8 +41,27 @@ class CamMethod:
         takes their first principal component instead of the sum)."""
         return acts * self.weights(acts, grads)[:, None, None, :]
 
+    def combine(self, contributions: tf.Tensor) -> tf.Tensor:  # (B,h,w,C) -> (B,h,w)
+        """The channels' contributions summed, then ReLU."""
+        return tf.nn.relu(tf.reduce_sum(contributions, axis=-1))
+
+    def compute(
+        self,
+        acts: tf.Tensor,  # (B,h,w,C) float32
+        grads: tf.Tensor,  # (B,h,w,C) float32: d target score / d acts
+        pixels: tf.Tensor,  # (B,H,W,C) float32 0..255
+        targets: tf.Tensor,  # (B,) int32: the class each map explains
+        forward: Callable[[tf.Tensor], tf.Tensor],  # pixels (n,H,W,C) -> outputs (n,N)
+    ) -> tf.Tensor:  # -> (B,h,w) raw map, >= 0
+        """The raw map of a batch; gradient methods need only acts and grads."""
+        contributions = self.contributions(acts, grads)
+        if self.eigen_smooth:
+            return tf.nn.relu(first_component(contributions))
+        return self.combine(contributions)
+
     def __call__(self, acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:  # -> (B,h,w)
-        return tf.nn.relu(tf.reduce_sum(self.contributions(acts, grads), axis=-1))
+        """The raw map of a gradient method (one that needs no pixels)."""
+        return self.compute(acts, grads, None, None, None)
 
 
 def first_component(t: tf.Tensor) -> tf.Tensor:

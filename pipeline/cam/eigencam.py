@@ -16,5 +16,5 @@ class EigenCam(CamMethod):
     def contributions(self, acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:  # (B,h,w,C)
         return acts
 
-    def __call__(self, acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:  # -> (B,h,w)
-        return tf.nn.relu(first_component(acts))
+    def combine(self, contributions: tf.Tensor) -> tf.Tensor:  # (B,h,w,C) -> (B,h,w)
+        return tf.nn.relu(first_component(contributions))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 
 from pipeline.cam.base import CamMethod
+from pipeline.errors import ConfigError
 
 
 class ScoreCam(CamMethod):
@@ -19,11 +21,20 @@ class ScoreCam(CamMethod):
     """
 
     name = "scorecam"
-    needs_forward = True
 
-    def __init__(self, max_channels: int = 64, channels_per_pass: int = 8):
+    def __init__(
+        self, max_channels: int = 64, channels_per_pass: int = 8, aug_smooth: bool = False
+    ):
+        super().__init__(aug_smooth=aug_smooth)
         self.max_channels = max_channels
         self.channels_per_pass = channels_per_pass
+
+    @classmethod
+    def from_config(cls, cam: Any) -> ScoreCam:
+        """`cam.max_channels`; `cam.batch_size` is the channels per forward pass."""
+        if cam.eigen_smooth:
+            raise ConfigError(f"cam.eigen_smooth does not apply to cam={cls.name}")
+        return cls(cam.max_channels, cam.batch_size, aug_smooth=cam.aug_smooth)
 
     def compute(
         self,

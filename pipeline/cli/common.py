@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import re
 import sys
+from pathlib import Path
 
 from pipeline.errors import EXIT_CONFIG, EXIT_ERROR_BUDGET
 
@@ -42,3 +45,11 @@ def check_error_budget(
         for kind, count in top_errors:
             print(f"  {count:>7d}  {kind}", file=sys.stderr)
         sys.exit(EXIT_ERROR_BUDGET)
+
+
+def output_dir_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command that works on one audit's output folder (its first argument); logs to stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("output_dir", type=Path)
+    return parser

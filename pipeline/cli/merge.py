@@ -3,11 +3,10 @@ multirun over shards when it ends."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
-from pipeline.cli.common import check_error_budget, fail
+from pipeline.cli.common import check_error_budget, fail, output_dir_parser
 from pipeline.errors import ConfigError
 from pipeline.shards import merge_and_report
 
@@ -17,18 +16,15 @@ PROG = "gradcam-audit-merge"
 
 def main(argv: list[str] | None = None) -> None:
     """`gradcam-audit-merge OUTPUT_DIR [--allow-partial]`."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Combine the shards of a sharded run into one summary.parquet and report.",
+    parser = output_dir_parser(
+        PROG, "Combine the shards of a sharded run into one summary.parquet and report."
     )
-    parser.add_argument("output_dir", type=Path)
     parser.add_argument(
         "--allow-partial",
         action="store_true",
         help="merge the complete shards even if some are missing or unfinished",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         rows, errors, kinds, budget = merge_and_report(args.output_dir, args.allow_partial)
     except ConfigError as exc:

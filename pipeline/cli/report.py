@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-from pathlib import Path
 
-from pipeline.cli.common import fail
+from pipeline.cli.common import fail, output_dir_parser
 from pipeline.errors import ConfigError
 from pipeline.report import audit_settings, build_audit
 
@@ -16,19 +13,17 @@ PROG = "gradcam-audit-report"
 
 def main(argv: list[str] | None = None) -> None:
     """`gradcam-audit-report OUTPUT_DIR [report.key=value ...]`: rebuild the audit of a run."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Rebuild classes/groups/confusion tables and report.html from a finished run "
+    parser = output_dir_parser(
+        PROG,
+        "Rebuild classes/groups/confusion tables and report.html from a finished run "
         "(summary.parquet + saved maps), without TensorFlow.",
     )
-    parser.add_argument("output_dir", type=Path)
     parser.add_argument(
         "overrides",
         nargs="*",
         help="report.KEY=VALUE or strategies.KEY=VALUE, e.g. report.group_by=label",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         record_path = args.output_dir / "run.json"
         saved = (

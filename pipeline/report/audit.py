@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
-from pipeline.config import ReportConfig, StrategiesConfig, check_strategies
+from pipeline.config import ReportConfig, StrategiesConfig, check_report, check_strategies
 from pipeline.errors import ConfigError
 from pipeline.outputs import atomic_write, read_map, resize_map, safe_name, save_mean_map
 from pipeline.report.aggregate import aggregate
@@ -59,11 +59,8 @@ def unique_names(names: dict[int, str]) -> dict[int, str]:
 
 
 def _key(summary: pd.DataFrame, group_by: str) -> pd.Series:
-    if group_by == "target":
-        return summary["target_index"]
-    if group_by == "label":
-        return summary["label_index"]
-    raise ConfigError(f"report.group_by={group_by!r}; expected target or label")
+    """The class each row counts for: its explained class (target) or its true label."""
+    return summary["label_index"] if group_by == "label" else summary["target_index"]
 
 
 # ----------------------------------------------------------------------------- mean maps
@@ -233,13 +230,15 @@ def build_audit(
 ) -> Audit:
     """Write the strategy clusters (summary's cluster column, clusters.parquet), classes.parquet,
     groups.parquet, confusion.parquet, the mean maps and report.html."""
+    strategies = strategies or StrategiesConfig()
+    check_report(cfg)
+    check_strategies(strategies)
     out = Path(output_dir)
     summary, record = load_run(out)
     names = class_names_of(summary, record)
     size = tuple(record.get("model", {}).get("input_size") or ())
     if len(size) != 2:
         size = _guess_size(summary, out)
-    strategies = strategies or StrategiesConfig()
     found = strategy_audit(summary, _key(summary, cfg.group_by), out, strategies, seed, names, size)
     summary["cluster"] = found.cluster
     _write_strategies(out, found)
@@ -376,5 +375,6 @@ def audit_settings(
         raise ConfigError(
             f"unknown setting {unknown[0]!r}; expected report.KEY=VALUE or strategies.KEY=VALUE"
         )
+    check_report(merged[0])
     check_strategies(merged[1])
     return merged[0], merged[1], int(config.get("seed", 0))

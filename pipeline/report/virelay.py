@@ -93,8 +93,8 @@ def export_virelay(
 
 def _require_h5py() -> ModuleType:
     """h5py, or a ConfigError that says how to install it."""
-    try:  # imported here: h5py comes with the optional extra [virelay]
-        import h5py
+    try:
+        import h5py  # here, not at the top: h5py comes with the optional extra [virelay]
     except ImportError as e:
         raise ConfigError(
             "strategies.virelay=true needs the optional extra: pip install 'gradcam-audit[virelay]'"

@@ -1,0 +1,93 @@
+"""`gradcam-audit` (also `python -m pipeline`): the Hydra shell around pipeline.run.run.
+
+Exit codes (pipeline.errors): 0 done; 1 outputs could not be written (rerun to resume);
+2 a bad config or input, before any work; 3 more rows failed than max_error_rate.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import CONF_DIR
+from pipeline.cli.common import check_error_budget, fail, one_line
+from pipeline.config import register_configs, validate
+from pipeline.errors import EXIT_CONFIG, EXIT_FAILED, ConfigError
+
+PROG = "gradcam-audit"
+
+
+class _Started:
+    """Whether Hydra reached the task: a SystemExit(1) before it is a config error (exit 2)."""
+
+    task = False
+
+
+def precheck(argv: list[str]) -> None:
+    """Compose and check the config from the command line first, so a bad override or value
+    fails in one line before Hydra creates any folder."""
+    if any(arg.startswith("-") for arg in argv):  # --help, --cfg, -m ...: Hydra's own business
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=argv)
+    except Exception as exc:  # hydra/omegaconf errors for unknown groups, keys, bad values
+        fail(PROG, f"bad config: {one_line(exc)}")
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        fail(PROG, str(exc))
+
+
+def task(cfg: DictConfig) -> None:
+    """The Hydra task: run, then print where the outputs are and the per-class table."""
+    _Started.task = True
+    from pipeline.run import run  # here, not at the top: keeps TensorFlow out of --help
+
+    out = HydraConfig.get().runtime.output_dir
+    if cfg.shard.count > 1:  # every shard writes into the one output_dir it names
+        if "${now:" in str(OmegaConf.to_container(cfg, resolve=False).get("output_dir")):
+            fail(PROG, "sharded runs need an explicit output_dir=... shared by all shards")
+        out = cfg.output_dir
+    try:
+        result = run(cfg, out)
+    except ConfigError as exc:
+        fail(PROG, str(exc))
+    except OSError as exc:
+        message = "everything committed so far is kept: run the same command again to resume"
+        fail(PROG, f"cannot write outputs ({exc}); {message}", code=EXIT_FAILED)
+    print(
+        f"\naudited {result.rows} rows: {result.ok} ok, {result.errors} errors "
+        f"in {result.seconds:.1f} s"
+    )
+    print(f"outputs: {result.output_dir}  (summary.parquet, heatmaps/, overlays/, run.json)")
+    if result.class_table:
+        print(f"report: {result.output_dir / 'report.html'}")
+        by = "explained class" if cfg.report.group_by == "target" else "true label"
+        print(f"\nper class (by {by}):")
+        print(result.class_table)
+    if cfg.shard.count == 1:  # a sharded run's budget is checked when the shards are merged
+        check_error_budget(result.rows, result.errors, result.top_errors, cfg.max_error_rate)
+
+
+def shorthand(arg: str) -> str:
+    """`metrics=[deletion,...]` means `metrics.names=[...]` (metrics.steps stays its own key)."""
+    return "metrics.names=" + arg[len("metrics=") :] if arg.startswith("metrics=") else arg
+
+
+def main() -> None:
+    """Console entry point `gradcam-audit`."""
+    register_configs()
+    sys.argv[1:] = [shorthand(arg) for arg in sys.argv[1:]]
+    precheck(sys.argv[1:])
+    entry = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)
+    try:
+        entry()
+    except SystemExit as exc:
+        if exc.code == 1 and not _Started.task:  # Hydra rejected the config before the task
+            sys.exit(EXIT_CONFIG)
+        raise

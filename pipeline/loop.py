@@ -1,0 +1,252 @@
+"""The batch loop: every chunk not yet committed goes through the compiled step; each batch's
+files are handed to writer threads and its summary rows built, and a chunk is committed once
+all its files are on disk."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import tensorflow as tf
+from tqdm import tqdm
+
+from pipeline.boxes import normalise_boxes, normalise_tolerance
+from pipeline.cam.base import CamMethod
+from pipeline.concurrency import one_ahead, writer_pool
+from pipeline.config import DataConfig, HeatmapsConfig, MetricsConfig, OverlaysConfig
+from pipeline.data import Bases, make_dataset
+from pipeline.faults import checkpoint
+from pipeline.manifest import BOX_COLUMNS, resolve_labels
+from pipeline.metrics import build_metrics
+from pipeline.model import LoadedModel
+from pipeline.outputs import safe_name, save_guided, save_heatmap, save_overlay
+from pipeline.resume import ChunkStore
+from pipeline.step.build import build_step
+from pipeline.step.forward import make_forward
+from pipeline.step.outputs import StepOutputs
+from pipeline.step.targets import TARGET_LABEL
+from pipeline.summary import (
+    BatchResult,
+    FilePaths,
+    RowContext,
+    batch_rows,
+    expand_ranks,
+    require_labels,
+)
+
+log = logging.getLogger(__name__)
+PENDING_BATCHES = 2  # batches whose files may still be in flight before their rows are written
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The plain values the loop needs from the config."""
+
+    batch_size: int
+    topk: int  # model.topk
+    target: int  # the step's target code (pipeline.step.targets)
+    seed: int
+    deterministic: bool
+    jit_compile: bool
+    pointing_tolerance: float  # pixels of the original image
+    writer_threads: int
+    progress: bool
+    data: DataConfig
+    heatmaps: HeatmapsConfig
+    overlays: OverlaysConfig
+    metrics: MetricsConfig
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long the computing took; the first batch also pays for tracing the step."""
+
+    computed_rows: int = 0  # manifest rows computed (fewer than the run's when it resumed)
+    compute_seconds: float = 0.0
+    first_batch_seconds: float = 0.0
+    first_batch_rows: int = 0
+
+
+class Committer:
+    """Holds each batch's rows until its files are written; commits every complete chunk."""
+
+    def __init__(self, store: ChunkStore):
+        self.store = store
+        self.pending: deque[tuple[int, pa.Table, list[Future]]] = deque()
+        self.parts: dict[int, list[pa.Table]] = {}
+
+    def add(self, chunk: int, rows: pa.Table, futures: list[Future]) -> None:
+        self.pending.append((chunk, rows, futures))
+
+    def flush(self, limit: int) -> None:
+        """Wait for the oldest batches' files until at most `limit` are pending; commit."""
+        while len(self.pending) > limit:
+            chunk, rows, futures = self.pending.popleft()
+            for future in futures:
+                future.result()  # a failed write stops the run: its chunk is never committed
+            parts = self.parts.setdefault(chunk, [])
+            parts.append(rows)
+            expected = len(self.store.chunk_rows_of(chunk)) * self.store.items_per_row
+            if sum(t.num_rows for t in parts) == expected:
+                self.store.commit(chunk, pa.concat_tables(self.parts.pop(chunk)))
+
+
+class BatchLoop:
+    """Computes every chunk of `store` not yet committed, writing into `out`."""
+
+    def __init__(
+        self,
+        settings: LoopSettings,
+        table: pd.DataFrame,
+        loaded: LoadedModel,
+        method: CamMethod,
+        store: ChunkStore,
+        out: Path,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
+        self.s, self.table, self.loaded, self.store, self.out = settings, table, loaded, store, out
+        self.ranks = store.items_per_row
+        label_index, label_warnings = resolve_labels(table["label"], loaded.class_names)
+        self.label_index = label_index
+        self.rows_context = RowContext(table, label_warnings, loaded.class_names, method.name)
+        self.boxes_px = table[BOX_COLUMNS].to_numpy(np.float64)  # (N,4)
+        self.stems = [safe_name(r, i) for r, i in zip(table["row"], table["id"])]
+        self.base_side = settings.overlays.max_side if settings.overlays.enabled else 0
+        self.bases = Bases()
+        keras.utils.set_random_seed(settings.seed)
+        if settings.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        self.step = build_step(
+            loaded,
+            method,
+            settings.topk,
+            settings.target,
+            strategy=strategy,
+            jit_compile=settings.jit_compile,
+            colour=settings.overlays.enabled,
+        )
+        self.faithfulness = self._build_metrics()
+
+    def _build_metrics(self):
+        names = list(self.s.metrics.names)
+        if not names:
+            return None
+        forward = make_forward(self.loaded)
+        size, channels = self.loaded.input_size, self.loaded.channels
+        return build_metrics(forward, names, self.s.metrics.steps, size, channels)
+
+    def run(self) -> Timing:
+        """Compute, write and commit every chunk not yet committed."""
+        done = self.store.committed()
+        todo = [r for c in range(self.store.n_chunks) if c not in done for r in self._rows(c)]
+        if done:
+            log.info("resuming: %d of %d chunks already committed", len(done), self.store.n_chunks)
+        log.info("auditing %d of %d rows -> %s", len(todo), self.store.n_rows, self.out)
+        n = self.store.n_rows
+        bar = tqdm(
+            total=n,
+            initial=n - len(todo),
+            unit="img",
+            disable=not self.s.progress,
+            dynamic_ncols=True,
+        )
+        committer, pool = Committer(self.store), writer_pool(self.s.writer_threads)
+        start, first = time.perf_counter(), None
+        try:
+            for result in one_ahead(self._compute, self._dataset(todo)):
+                rows, futures = self._emit(result, pool)
+                committer.add(self.store.chunk_of(int(result.rows[0])), rows, futures)
+                committer.flush(PENDING_BATCHES)  # batches never straddle chunks
+                first = first or (time.perf_counter() - start, len(result.rows))
+                bar.update(len(result.rows))
+            committer.flush(0)
+        finally:
+            bar.close()
+            pool.shutdown(wait=True, cancel_futures=True)
+        first_seconds, first_rows = first or (0.0, 0)
+        return Timing(len(todo), time.perf_counter() - start, first_seconds, first_rows)
+
+    def _rows(self, chunk: int) -> list[int]:
+        return [int(r) for r in self.store.chunk_rows_of(chunk)]
+
+    def _dataset(self, todo: list[int]) -> tf.data.Dataset:
+        shape = (*self.loaded.input_size, self.loaded.channels)
+        paths = self.table["path"].tolist()
+        return make_dataset(
+            paths, todo, shape, self.s.batch_size, self.s.data, self.base_side, self.bases
+        )
+
+    def _compute(self, batch: dict[str, tf.Tensor]) -> BatchResult:
+        """One batch through the compiled step (and the metrics); results as numpy."""
+        rows = batch["row"].numpy()
+        ok = batch["ok"].numpy()
+        errors = [e.decode("utf-8") or None for e in batch["error"].numpy()]
+        orig_hw = batch["orig_hw"].numpy()  # (B,2)
+        labels = self.label_index[rows]
+        boxes, box_valid, box_warnings = normalise_boxes(self.boxes_px[rows], orig_hw, ok)
+        tolerance = normalise_tolerance(self.s.pointing_tolerance, orig_hw)  # (B,2)
+        out = self.step(batch["image"], labels, boxes, box_valid, tolerance)
+        metrics = self._metrics(batch["image"], out)
+        result = BatchResult(
+            rows, ok, errors, orig_hw, labels, box_warnings, _numpy(out), _numpy(metrics)
+        )
+        checkpoint("compute")
+        return result
+
+    def _metrics(self, images: tf.Tensor, out: StepOutputs) -> dict[str, tf.Tensor]:
+        """Faithfulness columns, (B,) or (B,K) with target=topk: one call per rank."""
+        if self.faithfulness is None:
+            return {}
+        exp = out.explanation
+        if self.ranks == 1:
+            return self.faithfulness(images, exp.map_input, exp.target_index)
+        per_rank = [
+            self.faithfulness(images, exp.map_input[:, r], exp.target_index[:, r])
+            for r in range(self.ranks)
+        ]
+        return {key: tf.stack([p[key] for p in per_rank], axis=1) for key in per_rank[0]}
+
+    def _emit(self, result: BatchResult, pool: ThreadPoolExecutor) -> tuple[pa.Table, list]:
+        """A computed batch -> (its summary rows, the futures of its files)."""
+        if self.s.target == TARGET_LABEL:
+            result = require_labels(result)
+        result = expand_ranks(result, self.ranks)
+        files, futures = self._write_files(result, pool)
+        return batch_rows(result, self.rows_context, files), futures
+
+    def _write_files(
+        self, result: BatchResult, pool: ThreadPoolExecutor
+    ) -> tuple[FilePaths, list[Future]]:
+        """Hand each ok row's map, guided map and overlay to the writer threads."""
+        n, exp, overlays = len(result.rows), result.out.explanation, self.s.overlays
+        files = FilePaths([None] * n, [None] * n, [None] * n)
+        futures: list[Future] = []
+        bases = {int(r): self.bases.pop(int(r)) for r in np.unique(result.rows)}
+        maps = exp.map_input if self.s.heatmaps.resolution == "input" else exp.map
+        for i in np.flatnonzero(result.ok):
+            stem = self.stems[result.rows[i]] + (f"-k{result.rank[i]}" if self.ranks > 1 else "")
+            if self.s.heatmaps.enabled:
+                files.heatmap[i] = f"heatmaps/{stem}.npy"
+                futures.append(pool.submit(save_heatmap, self.out / files.heatmap[i], maps[i]))
+            if exp.guided is not None:
+                files.guided[i] = f"guided/{stem}.npy"
+                futures.append(pool.submit(save_guided, self.out / files.guided[i], exp.guided[i]))
+            if self.base_side:
+                files.overlay[i] = f"overlays/{stem}.jpg"
+                base, colour = bases[result.rows[i]], exp.colour[i]
+                args = (base, colour, overlays.alpha, overlays.quality)
+                futures.append(pool.submit(save_overlay, self.out / files.overlay[i], *args))
+        return files, futures
+
+
+def _numpy(tensors):
+    """A (nested) structure of tensors as numpy arrays (None stays None)."""
+    return tf.nest.map_structure(lambda t: None if t is None else t.numpy(), tensors)
