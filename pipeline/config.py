@@ -186,6 +186,8 @@ def _check_run(cfg: Any) -> None:
     limits = [
         ("batch_size", cfg.batch_size >= 1, "a positive integer"),
         ("chunk_batches", cfg.chunk_batches >= 1, "a positive integer"),
+        ("cam.batch_size", cfg.cam.batch_size >= 1, "a positive integer"),
+        ("cam.max_channels", cfg.cam.max_channels >= 0, "an integer >= 0 (0: all channels)"),
         ("heatmaps.resolution", cfg.heatmaps.resolution in ("layer", "input"), "layer or input"),
         ("overlays.alpha", 0.0 <= cfg.overlays.alpha <= 1.0, "a value in [0, 1]"),
         ("overlays.max_side", cfg.overlays.max_side >= 8, "at least 8"),
@@ -199,6 +201,8 @@ def _check_run(cfg: Any) -> None:
         ),
     ]
     _raise_first(limits, cfg)
+    if cfg.model.name != "demo" and not cfg.data.manifest:
+        raise ConfigError("data.manifest is required: data.manifest=images.csv (or run the demo)")
 
 
 def _raise_first(limits: list[tuple[str, bool, str]], cfg: Any, prefix: str = "") -> None:
@@ -217,11 +221,16 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def check_model(model: Any) -> None:
-    """model.score; a custom model needs model.path; model.input_size is [height, width]."""
+    """model.score, model.topk; a custom model needs model.path and no imagenet weights;
+    model.input_size is [height, width]."""
     if model.score not in ("logits", "probs"):
         raise ConfigError(f"model.score={model.score!r}; expected logits or probs")
     if model.name == "custom" and _missing(model, "path"):
         raise ConfigError("model=custom needs model.path=<.keras or .h5 file>")
+    if model.name in ("custom", "demo") and model.weights == "imagenet":
+        raise ConfigError("model.weights=imagenet is for presets; custom models carry their own")
+    if model.topk < 1:
+        raise ConfigError(f"model.topk={model.topk}; expected a positive integer")
     size = None if _missing(model, "input_size") else model.input_size
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise ConfigError(f"model.input_size={list(size)}; expected [height, width], both positive")

@@ -28,6 +28,7 @@ from pipeline.manifest import BOX_COLUMNS, resolve_labels
 from pipeline.metrics import build_metrics
 from pipeline.model import LoadedModel
 from pipeline.outputs import safe_name, save_guided, save_heatmap, save_overlay
+from pipeline.provenance import Timing
 from pipeline.resume import ChunkStore
 from pipeline.step.build import build_step
 from pipeline.step.forward import make_forward
@@ -63,16 +64,6 @@ class LoopSettings:
     heatmaps: HeatmapsConfig
     overlays: OverlaysConfig
     metrics: MetricsConfig
-
-
-@dataclass(frozen=True)
-class Timing:
-    """How long the computing took; the first batch also pays for tracing the step."""
-
-    computed_rows: int = 0  # manifest rows computed (fewer than the run's when it resumed)
-    compute_seconds: float = 0.0
-    first_batch_seconds: float = 0.0
-    first_batch_rows: int = 0
 
 
 class Committer:
@@ -159,9 +150,10 @@ class BatchLoop:
             dynamic_ncols=True,
         )
         committer, pool = Committer(self.store), writer_pool(self.s.writer_threads)
+        dataset = self._dataset(todo)
         start, first = time.perf_counter(), None
         try:
-            for result in one_ahead(self._compute, self._dataset(todo)):
+            for result in one_ahead(self._compute, dataset):
                 rows, futures = self._emit(result, pool)
                 committer.add(self.store.chunk_of(int(result.rows[0])), rows, futures)
                 committer.flush(PENDING_BATCHES)  # batches never straddle chunks

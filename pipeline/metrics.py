@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from pipeline.errors import ConfigError
+from pipeline.config import MetricsConfig, check_metrics
 
 Forward = Callable[[tf.Tensor], tf.Tensor]  # pixels (B,H,W,C) float 0..255 -> outputs (B,N)
 
@@ -20,14 +20,6 @@ COLUMNS = {  # metric name -> summary column
     "drop_in_confidence": "drop_in_confidence",
     "increase_in_confidence": "increase_in_confidence",
 }
-
-
-def check_names(names: list[str]) -> list[str]:
-    """`names` as a list, or ConfigError naming the unknown metrics."""
-    unknown = [n for n in names if n not in COLUMNS]
-    if unknown:
-        raise ConfigError(f"metrics.names has {unknown}; expected any of {', '.join(COLUMNS)}")
-    return list(names)
 
 
 def build_metrics(
@@ -49,8 +41,7 @@ def build_metrics(
     output on the image and o on the image multiplied by its map.
     """
     h, w = size
-    if steps < 1:
-        raise ConfigError(f"metrics.steps={steps}; expected a positive integer")
+    check_metrics(MetricsConfig(list(names), steps))
     signature = [
         tf.TensorSpec((None, h, w, channels), tf.uint8),
         tf.TensorSpec((None, h, w), tf.float32),

@@ -407,8 +407,6 @@ def _load_savedmodel(folder: Path) -> keras.Model:
 
 
 def _load_weights(model: keras.Model, weights: str) -> None:
-    if weights == "imagenet":
-        raise ConfigError("model.weights=imagenet is for presets; custom models carry their own")
     if not Path(weights).expanduser().is_file():
         raise ConfigError(f"model.weights file not found: {weights}")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,17 @@ import pyarrow as pa
 import tensorflow as tf
 
 from pipeline import __version__
-from pipeline.loop import Timing
 from pipeline.model import LoadedModel
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long the computing took; the first batch also pays for tracing the step."""
+
+    computed_rows: int = 0  # manifest rows computed (fewer than the run's when it resumed)
+    compute_seconds: float = 0.0
+    first_batch_seconds: float = 0.0
+    first_batch_rows: int = 0
 
 
 def sha256(path: Path) -> str | None:

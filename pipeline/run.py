@@ -17,12 +17,11 @@ from pipeline import cam
 from pipeline.config import ModelConfig, validate
 from pipeline.demo import ensure_demo
 from pipeline.devices import dtype_policy, make_strategy
-from pipeline.errors import ConfigError
-from pipeline.loop import BatchLoop, LoopSettings, Timing
+from pipeline.loop import BatchLoop, LoopSettings
 from pipeline.manifest import read_manifest
 from pipeline.model import load_model
 from pipeline.outputs import safe_name, write_json
-from pipeline.provenance import input_hashes, run_record
+from pipeline.provenance import Timing, input_hashes, run_record
 from pipeline.report import build_audit
 from pipeline.resume import check_writable, fingerprint, is_complete, mark_complete, prepare
 from pipeline.shards import shard_dir, shard_rows
@@ -122,9 +121,7 @@ def _inputs(cfg: DictConfig) -> tuple[str, ModelConfig]:
         if spec.class_names is None:
             spec.class_names = str(assets.class_names)
         manifest_path = manifest_path or str(assets.manifest)
-    if not manifest_path:
-        raise ConfigError("data.manifest is required: data.manifest=images.csv (or run the demo)")
-    return manifest_path, spec
+    return manifest_path, spec  # config.validate made sure there is a manifest
 
 
 def _report(cfg: DictConfig, out: Path) -> str:

@@ -72,6 +72,9 @@ DEFAULTS = {"cluster": -1}  # columns the batch loop leaves to later stages
 def summary_table(columns: dict[str, list | np.ndarray]) -> pa.Table:
     """One batch of summary rows: a value list/array per schema column (missing -> nulls)."""
     n = len(next(iter(columns.values())))
+    unknown = set(columns) - set(SUMMARY_SCHEMA.names)
+    if unknown:  # e.g. a statistic or metric renamed on one side only
+        raise KeyError(f"not summary columns: {sorted(unknown)}; see SUMMARY_SCHEMA")
     arrays = []
     for column in SUMMARY_SCHEMA:
         values = columns.get(column.name)

@@ -50,7 +50,7 @@ def manifest(tmp_path):
         (["batch_size=many"], "batch_size"),
         (["batch_size=0"], "batch_size=0; expected a positive integer"),
         (["target=best"], "target='best'; expected pred, label, topk or a class index"),
-        (["model=custom"], "model=custom needs model.path"),
+        (["model=custom", "data.manifest=m.csv"], "model=custom needs model.path"),
     ],
     ids=["unknown_preset", "typo_key", "bad_type", "bad_value", "bad_target", "custom_no_path"],
 )

@@ -10,11 +10,11 @@ from conftest import SIZE, compose_cfg, custom_model, no_boxes
 from PIL import Image
 
 from pipeline.cam import get_method
-from pipeline.config import DemoConfig, ModelConfig
+from pipeline.config import METRIC_NAMES, DemoConfig, ModelConfig
 from pipeline.demo import ensure_demo
 from pipeline.errors import ConfigError
 from pipeline.manifest import read_manifest, resolve_labels
-from pipeline.metrics import COLUMNS, build_metrics, check_names
+from pipeline.metrics import COLUMNS, build_metrics
 from pipeline.model import load_model
 from pipeline.run import run
 from pipeline.step.build import build_step
@@ -66,9 +66,13 @@ def test_batched_metrics_equal_per_image_definition(model_files):
             assert out[col][i] == pytest.approx(value, abs=1e-5), (col, i)
 
 
-def test_unknown_metric_is_refused():
-    with pytest.raises(ConfigError, match="metrics.names"):
-        check_names(["deletion", "sparsity"])
+def test_unknown_metric_or_steps_are_refused_and_names_match_columns():
+    assert list(COLUMNS) == list(METRIC_NAMES)  # the config's choices are the metrics built
+    forward = lambda pixels: pixels  # noqa: E731 (never called: the check comes first)
+    with pytest.raises(ConfigError, match=r"metrics.names has \['sparsity'\]"):
+        build_metrics(forward, ["deletion", "sparsity"], 5, (8, 8), 3)
+    with pytest.raises(ConfigError, match="metrics.steps=0; expected a positive integer"):
+        build_metrics(forward, ["deletion"], 0, (8, 8), 3)
 
 
 @pytest.mark.slow

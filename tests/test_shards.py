@@ -13,6 +13,7 @@ from conftest import custom_model, noise_pngs, write_csv
 from conftest import run_cli as cli
 
 from pipeline.cli.merge import main as merge_main
+from pipeline.config import check_shard
 from pipeline.errors import ConfigError
 from pipeline.run import run
 from pipeline.shards import merge, shard_rows
@@ -44,8 +45,8 @@ def test_shard_rows_partition_the_manifest_stably():
     assert sorted(np.concatenate(parts).tolist()) == list(range(103))
     assert parts[1][:10].tolist() == [8, 9, 10, 11, 12, 13, 14, 15, 40, 41]  # every 4th block
     assert np.array_equal(shard_rows(103, 4, 1, block=8), parts[1])
-    with pytest.raises(ConfigError, match="shard.index=4"):
-        shard_rows(10, 4, 4)
+    with pytest.raises(ConfigError, match="shard.index=4 with shard.count=4"):
+        check_shard(4, 4)
 
 
 @pytest.mark.slow

@@ -218,3 +218,12 @@ def test_pointing_without_tolerance_is_inside_only():
         m[None].astype(np.float32), np.array([near], np.float32), np.ones(1, bool), np.zeros((1, 2))
     )
     assert float(res.pointing_hit[0]) == 0.0
+
+
+def test_every_statistic_and_metric_has_its_summary_column():
+    """Adding a statistic or a metric needs its schema entry; batch_rows reads every field."""
+    from pipeline.metrics import COLUMNS
+    from pipeline.summary import SUMMARY_SCHEMA
+
+    assert set(STAT_COLUMNS) <= set(SUMMARY_SCHEMA.names)
+    assert set(COLUMNS.values()) <= set(SUMMARY_SCHEMA.names)

@@ -147,6 +147,8 @@ def test_summary_table_fills_defaults_and_nulls():
     assert table["cluster"].to_pylist() == [-1, -1] and table["path"].null_count == 2
     with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
         summary_table({"row": ["not a number"]})
+    with pytest.raises(KeyError, match="border_fractoin"):  # a misspelt column fails at once
+        summary_table({"row": [0], "border_fractoin": [0.5]})
 
 
 def test_error_kinds_drop_details_and_count():

@@ -39,8 +39,24 @@ def precheck(argv: list[str]) -> None:
         fail(PROG, f"bad config: {one_line(exc)}")
     try:
         validate(cfg)
+        _check_cam(cfg)
     except ConfigError as exc:
         fail(PROG, str(exc))
+    _check_shard_output(cfg)
+
+
+def _check_cam(cfg: DictConfig) -> None:
+    """The CAM method's own checks (its name, options it cannot take), by building it."""
+    from pipeline import cam  # here: the methods are TensorFlow code, which --help never needs
+
+    cam.from_config(OmegaConf.to_object(cfg.cam))
+
+
+def _check_shard_output(cfg: DictConfig) -> None:
+    """Every shard of a sharded run must write into the one output_dir it names."""
+    if cfg.shard.count > 1:
+        if "${now:" in str(OmegaConf.to_container(cfg, resolve=False).get("output_dir")):
+            fail(PROG, "sharded runs need an explicit output_dir=... shared by all shards")
 
 
 def task(cfg: DictConfig) -> None:
@@ -48,11 +64,8 @@ def task(cfg: DictConfig) -> None:
     _Started.task = True
     from pipeline.run import run  # here, not at the top: keeps TensorFlow out of --help
 
-    out = HydraConfig.get().runtime.output_dir
-    if cfg.shard.count > 1:  # every shard writes into the one output_dir it names
-        if "${now:" in str(OmegaConf.to_container(cfg, resolve=False).get("output_dir")):
-            fail(PROG, "sharded runs need an explicit output_dir=... shared by all shards")
-        out = cfg.output_dir
+    _check_shard_output(cfg)  # again: a multirun's jobs do not pass through precheck
+    out = cfg.output_dir if cfg.shard.count > 1 else HydraConfig.get().runtime.output_dir
     try:
         result = run(cfg, out)
     except ConfigError as exc:
