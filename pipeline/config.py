@@ -48,6 +48,8 @@ class DataConfig:
 @dataclass
 class HeatmapsConfig:
     enabled: bool = True
+    format: str = "chunks"  # chunks: one float16 array file per committed chunk; files: one
+    # float32 .npy per row
     resolution: str = "layer"  # layer: target layer's grid; input: model input size
 
 
@@ -189,6 +191,7 @@ def _check_run(cfg: Any) -> None:
         ("cam.batch_size", cfg.cam.batch_size >= 1, "a positive integer"),
         ("cam.max_channels", cfg.cam.max_channels >= 0, "an integer >= 0 (0: all channels)"),
         ("heatmaps.resolution", cfg.heatmaps.resolution in ("layer", "input"), "layer or input"),
+        ("heatmaps.format", cfg.heatmaps.format in ("chunks", "files"), "chunks or files"),
         ("overlays.alpha", 0.0 <= cfg.overlays.alpha <= 1.0, "a value in [0, 1]"),
         ("overlays.max_side", cfg.overlays.max_side >= 8, "at least 8"),
         ("devices", cfg.devices in ("auto", "all"), "auto or all"),

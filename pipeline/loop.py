@@ -8,7 +8,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -24,6 +24,7 @@ from pipeline.concurrency import one_ahead, writer_pool
 from pipeline.config import DataConfig, HeatmapsConfig, MetricsConfig, OverlaysConfig
 from pipeline.data import Bases, make_dataset
 from pipeline.faults import checkpoint
+from pipeline.heatmaps import CHUNK_DTYPE, chunk_file, write_chunk
 from pipeline.manifest import BOX_COLUMNS, resolve_labels
 from pipeline.metrics import build_metrics
 from pipeline.model import LoadedModel
@@ -66,28 +67,57 @@ class LoopSettings:
     metrics: MetricsConfig
 
 
+@dataclass(frozen=True)
+class ChunkMaps:
+    """One batch's maps, bound for its chunk's array file (heatmaps.format=chunks)."""
+
+    file: str  # relative to the output folder
+    slots: np.ndarray  # (n,) int: each map's index in the chunk array
+    maps: np.ndarray  # (n,h,w) float32
+
+
+@dataclass
+class Pending:
+    """A batch whose rows wait for its files."""
+
+    chunk: int
+    rows: pa.Table
+    futures: list[Future]
+    maps: ChunkMaps | None
+
+
 class Committer:
-    """Holds each batch's rows until its files are written; commits every complete chunk."""
+    """Holds each batch's rows until its files are written; when a chunk is complete, writes
+    its map array (chunks format) and then commits its rows."""
 
-    def __init__(self, store: ChunkStore):
-        self.store = store
-        self.pending: deque[tuple[int, pa.Table, list[Future]]] = deque()
-        self.parts: dict[int, list[pa.Table]] = {}
+    def __init__(self, store: ChunkStore, out: Path):
+        self.store, self.out = store, out
+        self.pending: deque[Pending] = deque()
+        self.parts: dict[int, list[Pending]] = {}
 
-    def add(self, chunk: int, rows: pa.Table, futures: list[Future]) -> None:
-        self.pending.append((chunk, rows, futures))
+    def add(self, batch: Pending) -> None:
+        self.pending.append(batch)
 
     def flush(self, limit: int) -> None:
         """Wait for the oldest batches' files until at most `limit` are pending; commit."""
         while len(self.pending) > limit:
-            chunk, rows, futures = self.pending.popleft()
-            for future in futures:
+            batch = self.pending.popleft()
+            for future in batch.futures:
                 future.result()  # a failed write stops the run: its chunk is never committed
-            parts = self.parts.setdefault(chunk, [])
-            parts.append(rows)
-            expected = len(self.store.chunk_rows_of(chunk)) * self.store.items_per_row
-            if sum(t.num_rows for t in parts) == expected:
-                self.store.commit(chunk, pa.concat_tables(self.parts.pop(chunk)))
+            parts = self.parts.setdefault(batch.chunk, [])
+            parts.append(batch)
+            slots = len(self.store.chunk_rows_of(batch.chunk)) * self.store.items_per_row
+            if sum(p.rows.num_rows for p in parts) == slots:
+                self._commit(batch.chunk, self.parts.pop(batch.chunk), slots)
+
+    def _commit(self, chunk: int, parts: list[Pending], slots: int) -> None:
+        pieces = [p.maps for p in parts if p.maps is not None and len(p.maps.slots)]
+        if pieces:  # error rows keep their all-zero slot; no summary row points to it
+            maps = np.zeros((slots, *pieces[0].maps.shape[1:]), CHUNK_DTYPE)
+            for piece in pieces:
+                maps[piece.slots] = piece.maps
+            write_chunk(self.out / pieces[0].file, maps)
+        self.store.commit(chunk, pa.concat_tables([p.rows for p in parts]))
 
 
 class BatchLoop:
@@ -149,14 +179,13 @@ class BatchLoop:
             disable=not self.s.progress,
             dynamic_ncols=True,
         )
-        committer, pool = Committer(self.store), writer_pool(self.s.writer_threads)
+        committer, pool = Committer(self.store, self.out), writer_pool(self.s.writer_threads)
         dataset = self._dataset(todo)
         start, first = time.perf_counter(), None
         try:
             for result in one_ahead(self._compute, dataset):
-                rows, futures = self._emit(result, pool)
-                committer.add(self.store.chunk_of(int(result.rows[0])), rows, futures)
-                committer.flush(PENDING_BATCHES)  # batches never straddle chunks
+                committer.add(self._emit(result, pool))
+                committer.flush(PENDING_BATCHES)
                 first = first or (time.perf_counter() - start, len(result.rows))
                 bar.update(len(result.rows))
             committer.flush(0)
@@ -206,26 +235,49 @@ class BatchLoop:
         ]
         return {key: tf.stack([p[key] for p in per_rank], axis=1) for key in per_rank[0]}
 
-    def _emit(self, result: BatchResult, pool: ThreadPoolExecutor) -> tuple[pa.Table, list]:
-        """A computed batch -> (its summary rows, the futures of its files)."""
+    def _emit(self, result: BatchResult, pool: ThreadPoolExecutor) -> Pending:
+        """A computed batch -> its summary rows, the futures of its files, its chunk's maps."""
         if self.s.target == TARGET_LABEL:
             result = require_labels(result)
         result = expand_ranks(result, self.ranks)
         files, futures = self._write_files(result, pool)
-        return batch_rows(result, self.rows_context, files), futures
+        maps = None
+        if self.s.heatmaps.enabled and self.s.heatmaps.format == "chunks":
+            files, maps = self._chunk_maps(result, files)
+        chunk = self.store.chunk_of(int(result.rows[0]))  # batches never straddle chunks
+        return Pending(chunk, batch_rows(result, self.rows_context, files), futures, maps)
+
+    def _maps(self, result: BatchResult) -> np.ndarray:  # (B,h,w) or (B,H,W)
+        exp = result.out.explanation
+        return exp.map_input if self.s.heatmaps.resolution == "input" else exp.map
+
+    def _chunk_maps(self, result: BatchResult, files: FilePaths) -> tuple[FilePaths, ChunkMaps]:
+        """Where each ok row's map goes in its chunk's array: slot = position x ranks + rank."""
+        chunk_rows = self.store.chunk_rows_of(self.store.chunk_of(int(result.rows[0])))
+        name = chunk_file(int(chunk_rows[0]), self.store.chunk_rows)
+        ok = np.flatnonzero(result.ok)
+        slots = np.searchsorted(chunk_rows, result.rows[ok]) * self.ranks + result.rank[ok]
+        n = len(result.rows)
+        index: list[int | None] = [None] * n
+        for i, slot in zip(ok, slots):
+            index[i] = int(slot)
+        named = [name if k else None for k in result.ok]
+        files = replace(files, heatmap_file=named, heatmap_index=index)
+        return files, ChunkMaps(name, slots, self._maps(result)[ok])
 
     def _write_files(
         self, result: BatchResult, pool: ThreadPoolExecutor
     ) -> tuple[FilePaths, list[Future]]:
-        """Hand each ok row's map, guided map and overlay to the writer threads."""
+        """Hand each ok row's map (files format), guided map and overlay to the writers."""
         n, exp, overlays = len(result.rows), result.out.explanation, self.s.overlays
         files = FilePaths([None] * n, [None] * n, [None] * n)
         futures: list[Future] = []
         bases = {int(r): self.bases.pop(int(r)) for r in np.unique(result.rows)}
-        maps = exp.map_input if self.s.heatmaps.resolution == "input" else exp.map
+        one_file_each = self.s.heatmaps.enabled and self.s.heatmaps.format == "files"
+        maps = self._maps(result)
         for i in np.flatnonzero(result.ok):
             stem = self.stems[result.rows[i]] + (f"-k{result.rank[i]}" if self.ranks > 1 else "")
-            if self.s.heatmaps.enabled:
+            if one_file_each:
                 files.heatmap[i] = f"heatmaps/{stem}.npy"
                 futures.append(pool.submit(save_heatmap, self.out / files.heatmap[i], maps[i]))
             if exp.guided is not None:

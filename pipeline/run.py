@@ -17,6 +17,7 @@ from pipeline import cam
 from pipeline.config import ModelConfig, validate
 from pipeline.demo import ensure_demo
 from pipeline.devices import dtype_policy, make_strategy
+from pipeline.heatmaps import chunk_file
 from pipeline.loop import BatchLoop, LoopSettings
 from pipeline.manifest import read_manifest
 from pipeline.model import load_model
@@ -67,6 +68,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
         log.info("%s is already complete for this config; nothing to compute", own)
     else:
         stems = {safe_name(r, i) for r, i in zip(table["row"].to_numpy()[rows], table["id"][rows])}
+        stems |= {Path(chunk_file(r, chunk)).stem for r in rows[::chunk]}  # heatmaps/chunk-*.npy
         store = prepare(own, out, fp, cfg.resume, rows, chunk, stems, ranks)
         loop = BatchLoop(_settings(cfg, code), table, loaded, method, store, out, strategy)
         timing = loop.run()

@@ -44,7 +44,9 @@ SUMMARY_SCHEMA = pa.schema(
         ("target_label", pa.string()),
         ("target_score", pa.float32()),
         ("correct", pa.bool_()),
-        ("heatmap_path", pa.string()),
+        ("heatmap_path", pa.string()),  # heatmaps.format=files: the map's own .npy
+        ("heatmap_file", pa.string()),  # heatmaps.format=chunks: the chunk file holding it
+        ("heatmap_index", pa.int32()),  # ... and its index along the file's first axis
         ("overlay_path", pa.string()),
         ("guided_path", pa.string()),
         ("cam_max", pa.float32()),
@@ -123,9 +125,11 @@ class RowContext:
 class FilePaths:
     """Each summary row's files, relative to the output folder (None: not written)."""
 
-    heatmap: list[str | None]
+    heatmap: list[str | None]  # heatmaps.format=files
     overlay: list[str | None]
     guided: list[str | None]
+    heatmap_file: list[str | None] | None = None  # heatmaps.format=chunks
+    heatmap_index: list[int | None] | None = None
 
 
 def require_labels(batch: BatchResult) -> BatchResult:
@@ -205,6 +209,8 @@ def batch_rows(batch: BatchResult, ctx: RowContext, files: FilePaths) -> pa.Tabl
         "target_score": _nullable(exp.target_score, ok),
         "correct": _nullable(pred.pred_index == labels, ok & (labels >= 0)),
         "heatmap_path": files.heatmap,
+        "heatmap_file": files.heatmap_file,
+        "heatmap_index": files.heatmap_index,
         "overlay_path": files.overlay,
         "guided_path": files.guided,
         "cam_max": _nullable(exp.cam_max, ok),

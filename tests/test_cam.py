@@ -19,6 +19,7 @@ from conftest import (
 )
 from PIL import Image
 
+from pipeline import load_heatmaps
 from pipeline.cam import get_method
 from pipeline.config import ModelConfig
 from pipeline.model import load_model
@@ -188,9 +189,9 @@ def test_pipeline_heatmaps_match_reference_including_short_last_batch(
     for i, path in enumerate(paths):
         pixels = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
         ref = reference_gradcam(model, "last_conv", pixels, labels[i])
-        saved = np.load(result.output_dir / summary.loc[i, "heatmap_path"])
+        saved = load_heatmaps(result.output_dir, [i])[0].astype(np.float32)  # float16 chunks
         assert saved.shape == (SIZE // 2, SIZE // 2)
-        np.testing.assert_allclose(saved, ref, atol=1e-4, err_msg=str(path))
+        np.testing.assert_allclose(saved, ref, atol=1e-3, err_msg=str(path))
         assert summary.loc[i, "target_index"] == labels[i]
 
 
@@ -250,11 +251,12 @@ def test_target_topk_explains_each_top_class_in_its_own_row(
     assert summary["rank"].tolist() == [0, 1, 2] * 6
     ok = summary[summary["status"] == "ok"]
     assert (ok["target_index"] == [t[k] for t, k in zip(ok["topk_index"], ok["rank"])]).all()
-    assert ok["heatmap_path"].is_unique and ok["insertion_auc"].notna().all()
+    assert not ok.duplicated(["heatmap_file", "heatmap_index"]).any()  # a slot per (row, rank)
+    assert ok["insertion_auc"].notna().all()
     model = keras.models.load_model(model_files["rgb"])
-    for _, row in ok.iterrows():
+    for (_, row), saved in zip(ok.iterrows(), load_heatmaps(result.output_dir, ok)):
         pixels = np.asarray(Image.open(paths[row["row"]]).convert("RGB"), np.float32) / 255.0
         ref = reference_gradcam(model, "last_conv", pixels, int(row["target_index"]))
-        np.testing.assert_allclose(np.load(result.output_dir / row["heatmap_path"]), ref, atol=1e-4)
+        np.testing.assert_allclose(saved.astype(np.float32), ref, atol=1e-3)
     classes = pd.read_parquet(result.output_dir / "classes.parquet")
     assert classes["n"].sum() == len(ok)  # every explained (image, class) pair counts once

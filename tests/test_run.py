@@ -12,6 +12,7 @@ import pytest
 from conftest import N_CLASSES, SIZE, write_csv
 from PIL import Image
 
+from pipeline import load_heatmaps
 from pipeline.errors import ConfigError
 from pipeline.outputs import safe_name
 from pipeline.run import run
@@ -95,7 +96,8 @@ def test_one_row_per_manifest_row_in_order_with_schema(audit):
     assert errors["bad-text"] == "not a recognised image format"
     assert "truncated" in errors["bad-cut"]
     bad = summary[summary["status"] == "error"]
-    assert bad["pred_index"].isna().all() and bad["heatmap_path"].isna().all()
+    assert bad["pred_index"].isna().all() and bad["heatmap_file"].isna().all()
+    assert bad["heatmap_index"].isna().all() and bad["heatmap_path"].isna().all()
     assert bad["warning"].isna().all()  # no box warnings for images that never loaded
 
 
@@ -127,11 +129,13 @@ def test_predictions_labels_and_stats_columns(audit):
 
 
 def test_output_files_are_relative_unique_and_inside(audit):
-    result = audit()
+    """heatmaps.format=files: one .npy per ok row, named by row and a safe form of the id."""
+    result = audit("heatmaps.format=files")
     out = result.output_dir
     summary = pd.read_parquet(out / "summary.parquet")
     ok = summary[summary["status"] == "ok"]
     assert ok["heatmap_path"].is_unique and ok["overlay_path"].is_unique
+    assert summary["heatmap_file"].isna().all() and summary["heatmap_index"].isna().all()
     for heat, overlay in zip(ok["heatmap_path"], ok["overlay_path"]):
         assert not heat.startswith("/") and (out / heat).resolve().is_relative_to(out.resolve())
         arr = np.load(out / heat)
@@ -143,6 +147,33 @@ def test_output_files_are_relative_unique_and_inside(audit):
     assert not list(out.rglob("*.tmp"))
     escape = summary.set_index("id").loc["../../escape", "heatmap_path"]
     assert escape == f"heatmaps/{safe_name(9, '../../escape')}.npy" and ".." not in escape
+
+
+def test_chunk_format_stores_each_chunks_maps_in_one_file(audit, tmp_path):
+    """The default: one float16 (N,h,w) array per chunk; rows point into it; load_heatmaps
+    reads the same maps as the files format writes (to float16's 5e-4)."""
+    files_out = audit("heatmaps.format=files").output_dir.rename(tmp_path / "files")
+    out = audit("chunk_batches=1").output_dir  # 13 rows, batches of 5: three chunks
+    summary = pd.read_parquet(out / "summary.parquet")
+    ok = summary[summary["status"] == "ok"]
+    assert summary["heatmap_path"].isna().all()
+    files = sorted(p.name for p in (out / "heatmaps").iterdir())
+    assert files == ["chunk-000000.npy", "chunk-000001.npy", "chunk-000002.npy"]
+    assert set(ok["heatmap_file"]) == {f"heatmaps/{f}" for f in files}
+    assert (ok["heatmap_index"] == ok["row"] % 5).all()  # the row's place in its chunk
+    chunk = np.load(out / "heatmaps" / files[2])
+    assert chunk.shape == (3, SIZE // 2, SIZE // 2) and chunk.dtype == np.float16
+    mine, theirs = load_heatmaps(out), load_heatmaps(files_out)
+    assert len(mine) == len(theirs) == 13
+    for status, a, b in zip(summary["status"], mine, theirs):
+        if status != "ok":
+            assert a is None and b is None
+            continue
+        assert a.dtype == np.float16 and b.dtype == np.float32
+        np.testing.assert_allclose(a.astype(np.float32), b, atol=5e-4, rtol=0)
+    picked = load_heatmaps(out, [12, 0])  # any selection, in the order asked
+    np.testing.assert_array_equal(picked[0], mine[12])
+    assert picked[1] is None or np.array_equal(picked[1], mine[0])
 
 
 def test_run_json_records_counts_versions_hashes(audit, model_files):
@@ -164,7 +195,7 @@ def test_input_resolution_and_no_overlays(audit):
     out = audit("heatmaps.resolution=input", "overlays.enabled=false").output_dir
     summary = pd.read_parquet(out / "summary.parquet")
     ok = summary[summary["status"] == "ok"]
-    assert np.load(out / ok["heatmap_path"].iloc[0]).shape == (SIZE, SIZE)
+    assert load_heatmaps(out, ok.head(1))[0].shape == (SIZE, SIZE)
     assert summary["overlay_path"].isna().all() and not (out / "overlays").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import pytest
 from conftest import custom_model, noise_pngs, write_csv
 from conftest import run_cli as cli
 
+from pipeline import load_heatmaps
 from pipeline.cli.merge import main as merge_main
 from pipeline.config import check_shard
 from pipeline.errors import ConfigError
@@ -75,8 +77,9 @@ def test_three_shard_multirun_with_submitit_local_equals_one_process(
             pd.read_parquet(single / table), pd.read_parquet(sharded / table)
         )
     assert (sharded / "report.html").is_file()
-    for heat in a["heatmap_path"].dropna():
-        assert np.array_equal(np.load(single / heat), np.load(sharded / heat))
+    for x, y in zip(load_heatmaps(single), load_heatmaps(sharded), strict=True):
+        assert (x is None and y is None) or np.array_equal(x, y)
+    assert sorted(os.listdir(single / "heatmaps")) == sorted(os.listdir(sharded / "heatmaps"))
 
 
 def test_merge_names_missing_shards_and_can_merge_partially(
@@ -127,10 +130,9 @@ def test_two_logical_cpus_with_devices_all_equal_one_device(model_files, dataset
     assert "MirroredStrategy over" in proc.stderr and "CPU:1" in proc.stderr
     one = pd.read_parquet(tmp_path / "auto" / "summary.parquet")
     two = pd.read_parquet(tmp_path / "all" / "summary.parquet")
-    for col in ("status", "error", "pred_index", "target_index", "heatmap_path"):
+    for col in ("status", "error", "pred_index", "target_index", "heatmap_file"):
         assert one[col].equals(two[col]), col
     pd.testing.assert_frame_equal(one, two, check_exact=False, atol=1e-5)
-    for heat in one["heatmap_path"].dropna():
-        np.testing.assert_allclose(
-            np.load(tmp_path / "auto" / heat), np.load(tmp_path / "all" / heat), atol=1e-5
-        )
+    pairs = zip(load_heatmaps(tmp_path / "auto"), load_heatmaps(tmp_path / "all"), strict=True)
+    for x, y in pairs:  # float16: one rounding step apart at most
+        assert (x is None and y is None) or np.allclose(x, y, atol=1e-3)

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 from pipeline.config import ReportConfig, StrategiesConfig, check_report, check_strategies
 from pipeline.errors import ConfigError
-from pipeline.outputs import atomic_write, read_map, resize_map, safe_name, save_mean_map
+from pipeline.heatmaps import has_map, load_heatmaps
+from pipeline.outputs import atomic_write, resize_map, safe_name, save_mean_map
 from pipeline.report.aggregate import aggregate
 from pipeline.report.clusters import StrategyAudit, load_maps, strategy_audit
 from pipeline.report.flags import class_flags
@@ -66,9 +67,10 @@ def _key(summary: pd.DataFrame, group_by: str) -> pd.Series:
 # ----------------------------------------------------------------------------- mean maps
 
 
-def _load_map(path: Path, size: tuple[int, int]) -> np.ndarray | None:
-    heat = read_map(path)
-    return None if heat is None else np.clip(resize_map(heat, size), 0.0, 1.0)
+def _at_size(heat: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
+    if heat is None:
+        return None
+    return np.clip(resize_map(np.asarray(heat, np.float32), size), 0.0, 1.0)
 
 
 def _mean_maps(
@@ -84,10 +86,11 @@ def _mean_maps(
         total = np.zeros(size, np.float64)
         union = np.zeros(size, bool)
         count = 0
-        for rel, x0, y0, x1, y1, width, height, e in part[
-            ["heatmap_path", "x0", "y0", "x1", "y1", "width", "height", "energy_in_box"]
-        ].itertuples(index=False):
-            heat = _load_map(out / rel, size) if isinstance(rel, str) else None
+        boxes = part[["x0", "y0", "x1", "y1", "width", "height", "energy_in_box"]]
+        for saved, (x0, y0, x1, y1, width, height, e) in zip(
+            load_heatmaps(out, part), boxes.itertuples(index=False)
+        ):
+            heat = _at_size(saved, size)
             if heat is None:
                 continue
             total += heat
@@ -320,11 +323,10 @@ def _virelay(
     manifest = record.get("manifest", {}).get("path")
     base = Path(manifest).resolve().parent if manifest else out
     paths = summary["path"].tolist()
-    rels = summary["heatmap_path"].to_numpy()
     return export_virelay(
         out / "virelay",
         summary,
-        lambda rows: load_maps(out, list(rels[rows])),
+        lambda rows: load_maps(out, summary.iloc[rows]),
         lambda position: base / paths[position],
         found.found,
         names,
@@ -351,11 +353,9 @@ def _write_strategies(out: Path, found: StrategyAudit) -> None:
 
 def _guess_size(summary: pd.DataFrame, out: Path) -> tuple[int, int]:
     """Input size when run.json is missing: the first saved map's shape."""
-    for rel in summary["heatmap_path"].dropna():
-        try:
-            return tuple(np.load(out / rel, mmap_mode="r").shape)
-        except (OSError, ValueError):
-            continue
+    for heat in load_heatmaps(out, summary[has_map(out, summary)].head(1)):
+        if heat is not None:
+            return tuple(heat.shape)
     return (1, 1)
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import StrategiesConfig
-from pipeline.outputs import read_map, resize_map, safe_name, save_mean_map
+from pipeline.heatmaps import has_map, load_heatmaps
+from pipeline.outputs import resize_map, safe_name, save_mean_map
 from pipeline.report.aggregate import STATS, aggregate, grid_cell
 from pipeline.report.flags import cluster_flags
 from pipeline.report.strategies import ClassStrategies, cluster_classes
@@ -30,18 +31,15 @@ class StrategyAudit:
     found: list[ClassStrategies]
 
 
-def _read(path: Path) -> np.ndarray:
-    """One saved map; an unreadable file counts as an all-zero map (logged)."""
-    heat = read_map(path)
-    if heat is None:
-        log.warning("strategies: map %s unreadable; taken as empty", path)
-        return np.zeros((1, 1), np.float32)
-    return heat
-
-
-def load_maps(out: Path, rels: list[str]) -> np.ndarray:
-    """The saved maps (n,h,w) float32; a map of another shape is resized to the first's."""
-    maps = [_read(out / rel) for rel in rels]
+def load_maps(out: Path, rows: pd.DataFrame) -> np.ndarray:
+    """The saved maps of these summary rows (n,h,w) float32; a missing or unreadable map
+    counts as all zero (logged), a map of another shape is resized to the first's."""
+    maps = []
+    for row_id, heat in zip(rows["id"], load_heatmaps(out, rows)):
+        if heat is None:
+            log.warning("strategies: map of row %s unreadable; taken as empty", row_id)
+            heat = np.zeros((1, 1), np.float32)
+        maps.append(np.asarray(heat, np.float32))
     return np.stack([resize_map(m, maps[0].shape) for m in maps])
 
 
@@ -59,17 +57,16 @@ def strategy_audit(
         (summary["status"] == "ok")
         & key.notna()
         & (summary["rank"].fillna(0) == 0)  # target=topk: the prediction's map, not runners-up
-        & summary["heatmap_path"].map(lambda rel: isinstance(rel, str) and (out / rel).is_file())
+        & has_map(out, summary)
     )
     keys = np.where(usable, key.fillna(-1), -1).astype(np.int64)  # (N,)
     if not cfg.enabled or not usable.any():
         if cfg.enabled:
             log.info("strategies: no saved maps to cluster (heatmaps.enabled=false?)")
         return StrategyAudit(np.full(len(summary), -1, np.int32), empty_table(), [])
-    rels = summary["heatmap_path"].to_numpy()
     found = cluster_classes(
         keys,
-        lambda rows: load_maps(out, list(rels[rows])),
+        lambda rows: load_maps(out, summary.iloc[rows]),
         cfg.min_class_n,
         cfg.max_clusters,
         cfg.neighbors,
