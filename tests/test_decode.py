@@ -1,0 +1,175 @@
+"""The fast route (TF decoders + pil_bilinear in the graph) gives Pillow's pixels, and is taken."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from pipeline import data as data_module
+from pipeline.config import DataConfig
+from pipeline.data import PILLOW, Bases, load_example, make_dataset, pil_bilinear, sniff
+
+BIG = 10**9
+
+
+def _photo(w: int = 500, h: int = 375, seed: int = 0) -> Image.Image:
+    """Smooth gradients plus noise: JPEG-like content that exercises the IDCT rounding."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 6, w)[None, :, None]
+    y = np.linspace(0, 4, h)[:, None, None]
+    wave = 127 + 60 * np.sin(x * np.array([1, 1.3, 0.7]) + y * np.array([0.5, 1.1, 2.0]))
+    return Image.fromarray(np.clip(wave + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def _routes(paths: list[str], shape: tuple[int, int, int], base_side: int = 0):
+    """(images (N,H,W,C), routes taken as {"fast": n, "pillow": n}) through make_dataset."""
+    before = dict(data_module.routes_taken)
+    bases = Bases() if base_side else None
+    ds = make_dataset(paths, None, shape, 4, DataConfig(), base_side=base_side, bases=bases)
+    batches = list(ds)
+    taken = {k: data_module.routes_taken[k] - before.get(k, 0) for k in ("fast", "pillow")}
+    assert all(b["ok"].numpy().all() for b in batches), [b["error"].numpy() for b in batches]
+    return np.concatenate([b["image"].numpy() for b in batches]), taken
+
+
+def _pillow(path: str, shape: tuple[int, int, int]) -> np.ndarray:
+    image, _, _, ok, error = load_example(path, shape[:2], shape[2], 0, BIG)
+    assert ok, error
+    return image
+
+
+CASES = {
+    "jpeg_q90": lambda p: _photo().save(p, "JPEG", quality=90),
+    "jpeg_444": lambda p: _photo().save(p, "JPEG", quality=95, subsampling=0),
+    "jpeg_progressive": lambda p: _photo().save(p, "JPEG", quality=85, progressive=True),
+    "jpeg_gray": lambda p: _photo().convert("L").save(p, "JPEG", quality=90),
+    "jpeg_draft_4": lambda p: _photo(1600, 1200).save(p, "JPEG", quality=90),  # libjpeg scale
+    "jpeg_exif_1": lambda p: _photo().save(p, "JPEG", exif=_exif(1)),
+    "png_rgb": lambda p: _photo(61, 47).save(p, "PNG"),
+    "png_gray": lambda p: _photo(61, 47).convert("L").save(p, "PNG"),
+    "png_gray_alpha": lambda p: _photo(61, 47).convert("LA").save(p, "PNG"),
+    "png_rgba": lambda p: _photo(61, 47).convert("RGBA").save(p, "PNG"),
+    "png_palette": lambda p: _photo(61, 47).convert("P", colors=200).save(p, "PNG"),
+    "png_palette_alpha": lambda p: _photo(61, 47).convert("P").save(p, "PNG", transparency=3),
+    "png_interlaced": lambda p: _photo(61, 47).save(p, "PNG", interlace=1),
+    "bmp_24bit": lambda p: _photo(61, 47).save(p, "BMP"),
+    "gif_interlaced": lambda p: _photo(61, 47).convert("P").save(p, "GIF"),
+    "gif_sequential": lambda p: _photo(61, 47).convert("P").save(p, "GIF", interlace=False),
+}
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fast_route_gives_pillow_pixels(tmp_path, name):
+    """Measured: identical for every format, JPEG included (dct_method=INTEGER_ACCURATE; TF's
+    default INTEGER_FAST differs by up to 5 levels in ~2/3 of the pixels). So: exact, and the
+    fast route must have been taken (a silent fall back to Pillow would pass the pixels)."""
+    path = str(tmp_path / f"{name}.img")
+    CASES[name](path)
+    for shape in ((224, 224, 3), (224, 224, 1), (32, 48, 3)):
+        images, taken = _routes([path], shape)
+        assert taken == {"fast": 1, "pillow": 0}, (name, shape, taken)
+        np.testing.assert_array_equal(images[0], _pillow(path, shape), err_msg=f"{shape}")
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_rotated_jpeg_is_upright_and_takes_pillow(tmp_path, orientation):
+    img = Image.new("RGB", (80, 60), (30, 30, 200))
+    img.paste((200, 30, 30), (0, 0, 40, 60))  # left half red
+    path = str(tmp_path / "rot.jpg")
+    img.save(path, "JPEG", quality=95, exif=_exif(orientation))
+    images, taken = _routes([path], (40, 40, 3))
+    assert taken == {"fast": 0, "pillow": 1}
+    np.testing.assert_array_equal(images[0], _pillow(path, (40, 40, 3)))
+    red = images[0, :, :, 0].astype(int) - images[0, :, :, 2]  # (40,40) >0 where red
+    where = {3: red[:, 30].mean(), 6: red[5].mean(), 8: red[35].mean()}[orientation]
+    assert where > 80, "red should be right (3), top (6) or bottom (8) once upright"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: _photo(60, 40).convert("CMYK").save(p, "JPEG"),
+        lambda p: Image.fromarray(np.zeros((8, 8), np.uint16)).save(p, "PNG"),
+        lambda p: _photo(60, 40).convert("1").save(p, "PNG"),
+        lambda p: _photo(60, 40).save(
+            p, "GIF", save_all=True, append_images=[_photo(60, 40, seed=1)]
+        ),
+        lambda p: _photo(60, 40).save(p, "TIFF"),
+        lambda p: _photo(60, 40).save(p, "WEBP"),
+        lambda p: p.write_bytes(_jpeg()[:-2]),  # no end-of-image marker: maybe truncated
+    ],
+    ids=[
+        "cmyk_jpeg",
+        "png_16bit",
+        "png_1bit_gray",
+        "animated_gif",
+        "tiff",
+        "webp",
+        "jpeg_without_eoi",
+    ],
+)
+def test_what_the_sniff_is_unsure_of_takes_pillow(tmp_path, make):
+    path = tmp_path / "odd.img"
+    make(path)
+    assert sniff(str(path), BIG, 224)[0] == PILLOW
+
+
+def test_plain_files_take_the_fast_route_and_bases_force_pillow(tmp_path):
+    paths = [str(tmp_path / n) for n in ("a.jpg", "b.png", "c.jpg")]
+    for path in paths:
+        _photo(100, 80).save(path)
+    _, taken = _routes(paths, (32, 32, 3))
+    assert taken == {"fast": 3, "pillow": 0}
+    _, taken = _routes(paths, (32, 32, 3), base_side=64)  # overlay bases are Pillow images
+    assert taken == {"fast": 0, "pillow": 3}
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    _photo(64, 48).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_a_failing_graph_decode_falls_back_to_pillow_for_that_row(tmp_path):
+    """A PNG whose IDAT CRC is wrong passes the sniff; libpng refuses it, Pillow (which does
+    not check IDAT CRCs) decodes it. The row comes out as Pillow makes it; the others stay."""
+    buf = io.BytesIO()
+    _photo(40, 30).save(buf, "PNG")
+    raw = bytearray(buf.getvalue())
+    at = raw.index(b"IDAT")
+    length = struct.unpack(">I", raw[at - 4 : at])[0]
+    crc = zlib.crc32(raw[at : at + 4 + length]) ^ 1
+    raw[at + 4 + length : at + 8 + length] = struct.pack(">I", crc & 0xFFFFFFFF)
+    (tmp_path / "crc.png").write_bytes(bytes(raw))
+    _photo(40, 30).save(tmp_path / "good.png")
+    paths = [str(tmp_path / "good.png"), str(tmp_path / "crc.png"), str(tmp_path / "good.png")]
+    images, taken = _routes(paths, (16, 16, 3))
+    assert taken == {"fast": 3, "pillow": 1}
+    np.testing.assert_array_equal(images[1], _pillow(paths[1], (16, 16, 3)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pil_bilinear_is_pillows_resize(seed):
+    """Both pass orders (Pillow 13 runs the vertical pass first when the height shrinks most),
+    up- and downscaling, 1 and 3 channels: every pixel equal."""
+    rng = np.random.default_rng(seed)
+    resize = tf.function(pil_bilinear, reduce_retracing=True)
+    for _ in range(8):
+        h, w, oh, ow = (int(v) for v in rng.integers(1, 600, 4))
+        channels = int(rng.choice([1, 3]))
+        pixels = rng.integers(0, 256, (h, w, channels), np.uint8)
+        want = Image.fromarray(pixels if channels == 3 else pixels[..., 0])
+        want = np.asarray(want.resize((ow, oh), Image.BILINEAR)).reshape(oh, ow, channels)
+        np.testing.assert_array_equal(resize(tf.constant(pixels), oh, ow).numpy(), want)
