@@ -55,7 +55,10 @@ class HeatmapsConfig:
 
 @dataclass
 class OverlaysConfig:
-    enabled: bool = True
+    enabled: bool = True  # false: no overlays at all (= select=none)
+    select: str = "auto"  # all | report (the rows report.html shows, rendered after the run
+    # from the stored maps) | none | auto: all up to max_rows_all rows, report beyond
+    max_rows_all: int = 10_000
     alpha: float = 0.4
     max_side: int = 512
     quality: int = 90
@@ -165,6 +168,7 @@ class Config:
     writer_threads: int = 2  # threads writing .npy and overlay files
 
 
+OVERLAY_MODES = ("auto", "all", "report", "none")
 TARGETS = ("pred", "label", "topk")  # target's named choices; or a class index >= 0
 METRIC_NAMES = ("deletion", "insertion", "drop_in_confidence", "increase_in_confidence")
 
@@ -194,6 +198,8 @@ def _check_run(cfg: Any) -> None:
         ("heatmaps.format", cfg.heatmaps.format in ("chunks", "files"), "chunks or files"),
         ("overlays.alpha", 0.0 <= cfg.overlays.alpha <= 1.0, "a value in [0, 1]"),
         ("overlays.max_side", cfg.overlays.max_side >= 8, "at least 8"),
+        ("overlays.select", cfg.overlays.select in OVERLAY_MODES, "auto, all, report or none"),
+        ("overlays.max_rows_all", cfg.overlays.max_rows_all >= 0, "an integer >= 0"),
         ("devices", cfg.devices in ("auto", "all"), "auto or all"),
         ("precision", cfg.precision in ("float32", "mixed_float16"), "float32 or mixed_float16"),
         ("max_error_rate", 0.0 <= cfg.max_error_rate <= 1.0, "a value in [0, 1]"),
@@ -204,6 +210,10 @@ def _check_run(cfg: Any) -> None:
         ),
     ]
     _raise_first(limits, cfg)
+    if cfg.overlays.select == "report" and cfg.overlays.enabled and not cfg.heatmaps.enabled:
+        raise ConfigError(
+            "overlays.select=report renders from the saved maps: it needs heatmaps.enabled=true"
+        )
     if cfg.model.name != "demo" and not cfg.data.manifest:
         raise ConfigError("data.manifest is required: data.manifest=images.csv (or run the demo)")
 

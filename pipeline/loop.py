@@ -21,14 +21,15 @@ from tqdm import tqdm
 from pipeline.boxes import normalise_boxes, normalise_tolerance
 from pipeline.cam.base import CamMethod
 from pipeline.concurrency import one_ahead, writer_pool
-from pipeline.config import DataConfig, HeatmapsConfig, MetricsConfig, OverlaysConfig
-from pipeline.data import Bases, make_dataset
+from pipeline.config import DataConfig, HeatmapsConfig, MetricsConfig
+from pipeline.data import make_dataset
 from pipeline.faults import checkpoint
 from pipeline.heatmaps import CHUNK_DTYPE, chunk_file, write_chunk
 from pipeline.manifest import BOX_COLUMNS, resolve_labels
 from pipeline.metrics import build_metrics
 from pipeline.model import LoadedModel
-from pipeline.outputs import safe_name, save_guided, save_heatmap, save_overlay
+from pipeline.outputs import safe_name, save_guided, save_heatmap
+from pipeline.overlays import OverlayStyle, save_overlay
 from pipeline.provenance import Timing
 from pipeline.resume import ChunkStore
 from pipeline.step.build import build_step
@@ -63,7 +64,8 @@ class LoopSettings:
     progress: bool
     data: DataConfig
     heatmaps: HeatmapsConfig
-    overlays: OverlaysConfig
+    overlay_mode: str  # all: every ok row's overlay now; report or none: none now
+    overlay_style: OverlayStyle
     metrics: MetricsConfig
 
 
@@ -140,8 +142,7 @@ class BatchLoop:
         self.rows_context = RowContext(table, label_warnings, loaded.class_names, method.name)
         self.boxes_px = table[BOX_COLUMNS].to_numpy(np.float64)  # (N,4)
         self.stems = [safe_name(r, i) for r, i in zip(table["row"], table["id"])]
-        self.base_side = settings.overlays.max_side if settings.overlays.enabled else 0
-        self.bases = Bases()
+        self.paths = table["path"].tolist()  # resolved: the overlays re-open the image
         keras.utils.set_random_seed(settings.seed)
         if settings.deterministic:
             tf.config.experimental.enable_op_determinism()
@@ -152,7 +153,7 @@ class BatchLoop:
             settings.target,
             strategy=strategy,
             jit_compile=settings.jit_compile,
-            colour=settings.overlays.enabled,
+            colour=False,  # overlays are drawn from the stored map (pipeline/overlays.py)
         )
         self.faithfulness = self._build_metrics()
 
@@ -201,9 +202,7 @@ class BatchLoop:
     def _dataset(self, todo: list[int]) -> tf.data.Dataset:
         shape = (*self.loaded.input_size, self.loaded.channels)
         paths = self.table["path"].tolist()
-        return make_dataset(
-            paths, todo, shape, self.s.batch_size, self.s.data, self.base_side, self.bases
-        )
+        return make_dataset(paths, todo, shape, self.s.batch_size, self.s.data)
 
     def _compute(self, batch: dict[str, tf.Tensor]) -> BatchResult:
         """One batch through the compiled step (and the metrics); results as numpy."""
@@ -269,26 +268,30 @@ class BatchLoop:
         self, result: BatchResult, pool: ThreadPoolExecutor
     ) -> tuple[FilePaths, list[Future]]:
         """Hand each ok row's map (files format), guided map and overlay to the writers."""
-        n, exp, overlays = len(result.rows), result.out.explanation, self.s.overlays
+        n, exp = len(result.rows), result.out.explanation
         files = FilePaths([None] * n, [None] * n, [None] * n)
         futures: list[Future] = []
-        bases = {int(r): self.bases.pop(int(r)) for r in np.unique(result.rows)}
-        one_file_each = self.s.heatmaps.enabled and self.s.heatmaps.format == "files"
         maps = self._maps(result)
         for i in np.flatnonzero(result.ok):
-            stem = self.stems[result.rows[i]] + (f"-k{result.rank[i]}" if self.ranks > 1 else "")
-            if one_file_each:
+            row = int(result.rows[i])
+            stem = self.stems[row] + (f"-k{result.rank[i]}" if self.ranks > 1 else "")
+            if self.s.heatmaps.enabled and self.s.heatmaps.format == "files":
                 files.heatmap[i] = f"heatmaps/{stem}.npy"
                 futures.append(pool.submit(save_heatmap, self.out / files.heatmap[i], maps[i]))
             if exp.guided is not None:
                 files.guided[i] = f"guided/{stem}.npy"
                 futures.append(pool.submit(save_guided, self.out / files.guided[i], exp.guided[i]))
-            if self.base_side:
+            if self.s.overlay_mode == "all":
                 files.overlay[i] = f"overlays/{stem}.jpg"
-                base, colour = bases[result.rows[i]], exp.colour[i]
-                args = (base, colour, overlays.alpha, overlays.quality)
-                futures.append(pool.submit(save_overlay, self.out / files.overlay[i], *args))
+                heat, style = self._as_stored(maps[i]), self.s.overlay_style
+                args = (self.out / files.overlay[i], self.paths[row], heat, style)
+                futures.append(pool.submit(save_overlay, *args))
         return files, futures
+
+    def _as_stored(self, heat: np.ndarray) -> np.ndarray:
+        """The map as saved (chunks: float16), so a later render gives the same pixels."""
+        chunks = self.s.heatmaps.enabled and self.s.heatmaps.format == "chunks"
+        return heat.astype(CHUNK_DTYPE) if chunks else heat
 
 
 def _numpy(tensors):

@@ -55,31 +55,6 @@ def save_heatmap(path: Path, heatmap: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-NEAREST_UP_TO = 3.0  # overlay/map scale up to which the coloured map is resized by nearest
-
-
-def blend_overlay(base: Image.Image, colour: np.ndarray, alpha: float) -> Image.Image:
-    """The jet-coloured map (H,W,3) uint8, resized onto the RGB base:
-    (1-alpha)*base + alpha*colour.
-
-    The map comes from the step already upsampled (bilinear) to model input size, so
-    neighbouring pixels differ by a few colour levels: up to NEAREST_UP_TO times larger,
-    nearest-neighbour resizing changes no pixel of the overlay by more than about 4% (10 of
-    255 at alpha 0.4) and costs a sixth of bilinear's CPU; beyond that, bilinear."""
-    scale = max(base.size[0] / colour.shape[1], base.size[1] / colour.shape[0])
-    resample = Image.NEAREST if scale <= NEAREST_UP_TO else Image.BILINEAR
-    coloured = Image.fromarray(colour, "RGB").resize(base.size, resample)
-    return Image.blend(base, coloured, alpha)
-
-
-def save_overlay(
-    path: Path, base: Image.Image, colour: np.ndarray, alpha: float, quality: int
-) -> None:
-    """The overlay as a JPEG."""
-    image = blend_overlay(base, colour, alpha)
-    atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=quality))
-
-
 def save_guided(path: Path, guided: np.ndarray) -> None:
     """Guided Grad-CAM (H,W,C) as .npy, and beside it as a PNG (the usual visualisation:
     standardised, scaled by 0.1 around mid-grey)."""

@@ -22,6 +22,7 @@ from pipeline.loop import BatchLoop, LoopSettings
 from pipeline.manifest import read_manifest
 from pipeline.model import load_model
 from pipeline.outputs import safe_name, write_json
+from pipeline.overlays import OverlayStyle, overlay_mode
 from pipeline.provenance import Timing, input_hashes, run_record
 from pipeline.report import build_audit
 from pipeline.resume import check_writable, fingerprint, is_complete, mark_complete, prepare
@@ -70,7 +71,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
         stems = {safe_name(r, i) for r, i in zip(table["row"].to_numpy()[rows], table["id"][rows])}
         stems |= {Path(chunk_file(r, chunk)).stem for r in rows[::chunk]}  # heatmaps/chunk-*.npy
         store = prepare(own, out, fp, cfg.resume, rows, chunk, stems, ranks)
-        loop = BatchLoop(_settings(cfg, code), table, loaded, method, store, out, strategy)
+        settings = _settings(cfg, code, len(table))
+        loop = BatchLoop(settings, table, loaded, method, store, out, strategy)
         timing = loop.run()
         store.finalize()
         mark_complete(own)
@@ -91,8 +93,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     return RunResult(out, *counts.values(), seconds, text, error_kinds(summary["error"]))
 
 
-def _settings(cfg: DictConfig, code: int) -> LoopSettings:
-    """The loop's plain values, read from the config."""
+def _settings(cfg: DictConfig, code: int, n_rows: int) -> LoopSettings:
+    """The loop's plain values, read from the config (n_rows: the whole manifest's)."""
+    o = cfg.overlays
     return LoopSettings(
         batch_size=cfg.batch_size,
         topk=cfg.model.topk,
@@ -105,7 +108,8 @@ def _settings(cfg: DictConfig, code: int) -> LoopSettings:
         progress=cfg.progress,
         data=OmegaConf.to_object(cfg.data),
         heatmaps=OmegaConf.to_object(cfg.heatmaps),
-        overlays=OmegaConf.to_object(cfg.overlays),
+        overlay_mode=overlay_mode(o.select, o.enabled, n_rows, o.max_rows_all),
+        overlay_style=OverlayStyle(o.max_side, o.alpha, o.quality, cfg.data.max_pixels),
         metrics=OmegaConf.to_object(cfg.metrics),
     )
 

@@ -1,31 +1,114 @@
-"""The writers: overlays blend the jet-coloured map into the image at the configured alpha."""
+"""Overlays: the jet-coloured map blended over the image, the same pixels whoever renders them
+(the run, the report's rows, gradcam-audit-overlays); each overlays.select mode writes exactly
+the overlays it promises."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import pandas as pd
+import pytest
+from conftest import custom_model, write_csv
 from PIL import Image
 
-from pipeline.outputs import NEAREST_UP_TO, blend_overlay, jet_lut
+from pipeline.cli.overlays import main as overlays_main
+from pipeline.outputs import jet_lut
+from pipeline.overlays import blend_map, overlay_mode, report_rows
+from pipeline.report.html import CLUSTER_EXAMPLES
+from pipeline.run import run
 
 
-def test_overlay_is_jet_of_the_map_blended_with_alpha():
+def test_overlay_is_jet_of_the_bilinear_map_blended_with_alpha():
     base = Image.new("RGB", (30, 20), (100, 100, 100))
-    colour = np.zeros((8, 8, 3), np.uint8)
-    colour[:, :4], colour[:, 4:] = jet_lut()[0], jet_lut()[255]  # left cold, right hot
-    out = np.asarray(blend_overlay(base, colour, 0.4)).astype(int)
+    heat = np.zeros((4, 6), np.float32)
+    heat[:, 3:] = 1.0  # left cold, right hot
+    out = np.asarray(blend_map(base, heat, 0.4)).astype(int)
     assert out.shape == (20, 30, 3)
     np.testing.assert_allclose(out[10, 1], np.round(0.6 * 100 + 0.4 * jet_lut()[0]), atol=1)
     np.testing.assert_allclose(out[10, 28], np.round(0.6 * 100 + 0.4 * jet_lut()[255]), atol=1)
+    # in between, the bilinear ramp: each pixel is jet of its own level (a reference by hand)
+    up = np.asarray(Image.fromarray(heat, "F").resize((30, 20), Image.BILINEAR))
+    expected = 0.6 * 100 + 0.4 * jet_lut()[np.round(np.clip(up, 0, 1) * 255).astype(int)]
+    np.testing.assert_allclose(out, expected, atol=1)
 
 
-def test_overlay_resizes_a_smooth_map_by_nearest_up_to_3x_then_bilinear():
-    ramp = np.repeat(np.linspace(0, 250, 16).astype(np.uint8)[None, :, None], 16, 0)  # (16,16,1)
-    colour = np.repeat(ramp, 3, axis=2)  # a gray ramp along x stands in for the jet colours
-    black = Image.new("RGB", (40, 40))  # 2.5x: nearest
-    near = np.asarray(blend_overlay(black, colour, 1.0))[0, :, 0]
-    expected = np.asarray(Image.fromarray(colour).resize((40, 40), Image.NEAREST))[0, :, 0]
-    np.testing.assert_array_equal(near, expected)
-    assert 2.5 <= NEAREST_UP_TO
-    big = np.asarray(blend_overlay(Image.new("RGB", (160, 160)), colour, 1.0))[0, :, 0]
-    steps = np.diff(big.astype(int))
-    assert steps.max() <= 6 and len(np.unique(big)) > 100  # 10x: interpolated, no 10px blocks
+def test_overlay_mode():
+    assert overlay_mode("auto", True, 10_000, 10_000) == "all"
+    assert overlay_mode("auto", True, 10_001, 10_000) == "report"
+    assert overlay_mode("all", False, 5, 10) == "none"  # overlays.enabled=false wins
+    assert overlay_mode("report", True, 5, 10) == "report"
+
+
+@pytest.fixture
+def audit(tmp_path, image_folder, model_files, make_cfg):
+    paths = image_folder(12, seed=3, size=(64, 48))
+    rows = [f"images/{p.name},r{i},class_{i % 3}" for i, p in enumerate(paths)]
+    rows.append("images/missing.png,gone,class_0")
+    manifest = write_csv(tmp_path / "m.csv", "path,id,label", rows)
+
+    def go(name: str, *overrides: str):
+        extra = ["batch_size=4", "strategies.min_class_n=3", "report.min_class_n=2"]
+        cfg = make_cfg(*custom_model(model_files["rgb"], manifest), *extra, *overrides)
+        out = run(cfg, tmp_path / name).output_dir
+        return out, pd.read_parquet(out / "summary.parquet")
+
+    return go
+
+
+def _overlays(out) -> set[str]:
+    folder = out / "overlays"
+    return {f"overlays/{p.name}" for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+@pytest.mark.slow
+def test_each_select_mode_writes_exactly_its_overlays_and_the_command_renders_the_same(audit):
+    every, s_all = audit("all", "overlays.select=all")
+    ok = s_all[s_all["status"] == "ok"]
+    assert len(ok) == 12 and _overlays(every) == set(ok["overlay_path"])
+    assert s_all.loc[s_all["status"] != "ok", "overlay_path"].isna().all()
+    none, s_none = audit("none", "overlays.select=none")
+    assert s_none["overlay_path"].isna().all() and not _overlays(none)
+    # report: only the rows report.html shows, rendered after the run from the stored maps
+    rep, s_rep = audit("report", "overlays.select=auto", "overlays.max_rows_all=5")
+    classes = pd.read_parquet(rep / "classes.parquet")
+    clusters = pd.read_parquet(rep / "clusters.parquet")
+    wanted = report_rows(classes, clusters, s_rep, CLUSTER_EXAMPLES)
+    # (this random model flags nothing, so the report shows no example: see the unit test below)
+    assert set(s_rep["overlay_path"].dropna()) == set(s_rep["overlay_path"].iloc[wanted])
+    assert _overlays(rep) == set(s_rep["overlay_path"].dropna()) and len(_overlays(rep)) == len(
+        wanted
+    )
+    html = (rep / "report.html").read_text()
+    shown = {p for p in _overlays(every) if f"src='{p}'" in html or f'src="{p}"' in html}
+    assert shown == set(s_rep["overlay_path"].dropna())  # every one shown, none missing
+    for rel in s_rep["overlay_path"].dropna():  # the same pixels as the in-run writer's
+        assert (rep / rel).read_bytes() == (every / rel).read_bytes(), rel
+    # the command renders any selection later, again the same pixels
+    shutil.rmtree(none / "overlays", ignore_errors=True)
+    overlays_main([str(none), "--where", "row >= 8"])
+    s_later = pd.read_parquet(none / "summary.parquet")
+    later = s_later["overlay_path"].dropna()
+    assert sorted(s_later.loc[later.index, "row"]) == [8, 9, 10, 11]  # 12 is the missing file
+    for rel in later:
+        assert (none / rel).read_bytes() == (every / rel).read_bytes(), rel
+
+
+def test_report_rows_are_the_flagged_classes_and_their_clusters_examples():
+    classes = pd.DataFrame(
+        {"class_index": [0, 1], "flagged": [True, False], "examples": [[3, 5], [7]]}
+    )
+    clusters = pd.DataFrame(
+        {"class_index": [0, 1], "cluster": [0, 0], "example_rows": [[5, 6, 8, 9, 10], [11]]}
+    )
+    summary = pd.DataFrame({"row": np.repeat(np.arange(12), 2), "rank": [0, 1] * 12})
+    positions = report_rows(classes, clusters, summary, per_cluster=3)
+    assert summary.iloc[positions]["row"].tolist() == [3, 5, 6, 8]  # not 9, 10 (cap), 7, 11
+    assert (summary.iloc[positions]["rank"] == 0).all()
+
+
+def test_overlay_command_refuses_a_folder_that_is_not_an_audit(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        overlays_main([str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "is it a gradcam-audit output" in capsys.readouterr().err

@@ -16,10 +16,17 @@ from pipeline.config import ReportConfig, StrategiesConfig, check_report, check_
 from pipeline.errors import ConfigError
 from pipeline.heatmaps import has_map, load_heatmaps
 from pipeline.outputs import atomic_write, resize_map, safe_name, save_mean_map
+from pipeline.overlays import (
+    OverlayStyle,
+    overlay_mode,
+    render_rows,
+    report_rows,
+    write_overlay_paths,
+)
 from pipeline.report.aggregate import aggregate
 from pipeline.report.clusters import StrategyAudit, load_maps, strategy_audit
 from pipeline.report.flags import class_flags
-from pipeline.report.html import write_html
+from pipeline.report.html import CLUSTER_EXAMPLES, write_html
 from pipeline.report.types import Audit
 from pipeline.report.virelay import export_virelay
 
@@ -272,6 +279,7 @@ def build_audit(
         "images_per_second": record.get("timing", {}).get("images_per_second"),
     }
     audit = Audit(classes, groups, confusion, headline, found)
+    summary["overlay_path"] = _report_overlays(out, summary, record, audit)
     write_html(out, audit, summary, names)
     log.info(
         "report: %d classes, %d flagged -> %s",
@@ -280,6 +288,33 @@ def build_audit(
         out / "report.html",
     )
     return audit
+
+
+def _report_overlays(out: Path, summary: pd.DataFrame, record: dict, audit: Audit) -> pd.Series:
+    """overlays.select=report (or auto beyond max_rows_all): render the overlays of the rows
+    the report shows, from the stored maps, and record them in summary.parquet."""
+    config = record.get("config", {})
+    o = config.get("overlays", {})
+    n = int(summary["row"].nunique())
+    mode = overlay_mode(o.get("select", "all"), o.get("enabled", True), n, o.get("max_rows_all", 0))
+    if mode != "report":
+        return summary["overlay_path"]
+    wanted = report_rows(audit.classes, audit.strategies.clusters, summary, CLUSTER_EXAMPLES)
+    todo = [p for p in wanted if not isinstance(summary["overlay_path"].iloc[p], str)]
+    if not todo:
+        return summary["overlay_path"]
+    style = OverlayStyle(
+        o.get("max_side", 512),
+        o.get("alpha", 0.4),
+        o.get("quality", 90),
+        config.get("data", {}).get("max_pixels", OverlayStyle.max_pixels),
+    )
+    manifest = record.get("manifest", {}).get("path")
+    base = Path(manifest).expanduser().resolve().parent if manifest else out
+    paths = render_rows(out, summary, todo, style, base)
+    write_overlay_paths(out, paths)
+    log.info("overlays: %d rows the report shows, rendered from the stored maps", len(todo))
+    return paths
 
 
 def join_strategies(classes: pd.DataFrame, found: StrategyAudit) -> pd.DataFrame:
