@@ -27,6 +27,16 @@ pipeline.report.strategies.cluster_maps at the strategies config's defaults, eac
 process:
 wall seconds, that process's peak RSS, the clusters and eigengap found, whether the corner group
 came back whole (Jaccard of the best cluster), and a second, instrumented run's time per stage.
+
+    python scripts/benchmark.py --host [--n 3072] [--repeat 3]
+
+instead times the host's work per image, the regime of a GPU machine where model compute is
+negligible: a tiny seeded 224x224 model (four strided convs + GAP + Dense(1000), saved as .keras)
+on --n JPEGs, as whole processes (wall clock from spawn to exit) and in the steady state: a plain
+script (tf.data read_file + decode_jpeg + resize, batch, prefetch, predict_on_batch; steady: from
+the end of its first batch) against `python -m pipeline model=custom ... report.enabled=false` with
+overlays off and on (overlays.select=none|report|all when the config has that key; steady: its
+run.json's timing.steady_images_per_second). Rounds alternate; medians and ratios are reported.
 """
 
 from __future__ import annotations
@@ -536,6 +546,239 @@ def _rounded(value):
     return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
+# ----------------------------------------------------------------------------- host work
+
+HOST_N = 3072  # --host's default --n
+HOST_SIDE = 224  # the tiny model's input side
+PLAIN_SCRIPT = '''\
+"""Plain Keras inference over a file list: tf.data decode + resize + predict, nothing else."""
+import json
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+files, model_path, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(files, encoding="utf-8") as f:
+    paths = f.read().splitlines()
+model = keras.saving.load_model(model_path)
+side = model.input_shape[1]
+
+
+def load(path):
+    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    return tf.image.resize(image, (side, side)) / 255.0  # model.preprocess=unit
+
+
+ds = tf.data.Dataset.from_tensor_slices(paths)
+ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+images, first, first_n = 0, None, 0
+for batch in ds:
+    images += len(model.predict_on_batch(batch))
+    if first is None:
+        first, first_n = time.perf_counter(), images
+end = time.perf_counter()
+steady = (images - first_n) / (end - first) if first and end > first else None
+print(json.dumps({"images": images, "steady_images_per_second": steady}))
+'''
+
+
+@dataclass
+class HostRun:
+    """One whole process: wall seconds from spawn to exit, CPU seconds, steady images/s."""
+
+    seconds: float
+    cpu_seconds: float  # user + system, all its threads: steadier than wall on a busy machine
+    steady_ips: float | None
+
+
+def host_model(path: Path, seed: int) -> Path:
+    """A seeded 224x224 classifier: four strided convs, global average pooling, Dense(1000)."""
+    import keras  # here, not at the top: --help and --strategies never load TensorFlow
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((HOST_SIDE, HOST_SIDE, 3))
+    x = inputs
+    for i, filters in enumerate((16, 32, 64, 128)):  # 224 -> 112 -> 56 -> 28 -> 14
+        x = keras.layers.Conv2D(
+            filters, 3, strides=2, padding="same", activation="relu", name=f"conv{i + 1}"
+        )(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(1000, activation="softmax")(x)).save(path)
+    return path
+
+
+def child_env() -> dict[str, str]:
+    """This environment, with the `pipeline` this script imported first on PYTHONPATH."""
+    import pipeline  # already loaded at the top; here for its location
+
+    root = str(Path(pipeline.__file__).resolve().parent.parent)
+    rest = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, rest] if rest else [root])}
+
+
+def host_variants() -> tuple[dict[str, list[str]], str]:
+    """The audit variants ({name: overrides}) and a note: overlays.select when the config has
+    it (probed with --cfg job), else overlays.enabled=false and the defaults."""
+    probe = [sys.executable, "-m", "pipeline", "--cfg", "job", "overlays.select=none"]
+    proc = subprocess.run(probe, capture_output=True, text=True, env=child_env())
+    if proc.returncode == 0:
+        names = [f"overlays.select={v}" for v in ("none", "report", "all")]
+        return {n: [n] for n in names}, "the config has overlays.select: none, report, all"
+    variants = {"overlays.enabled=false": ["overlays.enabled=false"], "defaults": []}
+    note = "no overlays.select in the config: overlays.enabled=false and the defaults instead"
+    return variants, note
+
+
+def timed_process(command: Sequence[str]) -> tuple[float, float, str]:
+    """(wall seconds from spawn to exit, CPU seconds, stdout) of a process that must exit 0."""
+    import resource  # here, not at the top: there is no resource module on Windows
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=child_env())
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command[:3]} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, cpu, proc.stdout
+
+
+def run_plain(script: Path, files: Path, model: Path, batch_size: int, n: int) -> HostRun:
+    """The plain script as a whole process."""
+    command = [sys.executable, str(script), str(files), str(model), str(batch_size)]
+    seconds, cpu, stdout = timed_process(command)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    if result["images"] != n:
+        raise RuntimeError(f"the plain script predicted {result['images']} images, not {n}")
+    return HostRun(seconds, cpu, result["steady_images_per_second"])
+
+
+def run_audit(model: Path, manifest: Path, out: Path, n: int, overrides: Sequence[str]) -> HostRun:
+    """`python -m pipeline` as a whole process; steady images/s from its run.json."""
+    command = [
+        *(sys.executable, "-m", "pipeline", "model=custom", f"model.path={_quoted(str(model))}"),
+        *("model.preprocess=unit", f"data.manifest={_quoted(str(manifest))}"),
+        *(f"output_dir={_quoted(str(out))}", "progress=false", "report.enabled=false"),
+        *overrides,
+    ]
+    seconds, cpu, _ = timed_process(command)
+    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    shutil.rmtree(out, ignore_errors=True)  # thousands of files; only run.json was needed
+    if record["counts"]["ok"] != n:
+        raise RuntimeError(f"the audit read {record['counts']} rows, expected {n} ok")
+    return HostRun(seconds, cpu, record["timing"]["steady_images_per_second"])
+
+
+def host_benchmark(args: argparse.Namespace) -> int:
+    """The plain script and the audit variants as whole processes, in alternating rounds."""
+    load_before = os.getloadavg()[0]
+    variants, note = host_variants()
+    log.info("%s", note)
+    work = Path(tempfile.mkdtemp(prefix="gradcam-host-"))
+    try:
+        log.info("generating %d JPEGs (%dx%d) in %s", args.n, *IMAGE_SIZE, work)
+        images = make_images(work / "images", args.n, args.seed)
+        write_manifest(work / "manifest.csv", images)
+        (work / "files.txt").write_text("\n".join(str(p) for p in images), encoding="utf-8")
+        (work / "plain.py").write_text(PLAIN_SCRIPT, encoding="utf-8")
+        model = host_model(work / "tiny.keras", args.seed)
+        runs = host_rounds(args, work, model, variants)
+    finally:
+        clean_up(work, args.keep)
+    summary = host_summary(args, runs, note, load_before)
+    print_host(summary)
+    print(json.dumps(summary))
+    return 0
+
+
+def host_rounds(
+    args: argparse.Namespace, work: Path, model: Path, variants: dict[str, list[str]]
+) -> dict[str, list[HostRun]]:
+    """--repeat rounds of the plain script then every variant: {name: one HostRun a round}."""
+    batch = [f"batch_size={args.batch_size}", *args.set]
+    runs: dict[str, list[HostRun]] = {"plain": [], **{name: [] for name in variants}}
+    for rep in range(args.repeat):
+        log.info("round %d/%d: plain script, %d images", rep + 1, args.repeat, args.n)
+        plain = run_plain(work / "plain.py", work / "files.txt", model, args.batch_size, args.n)
+        runs["plain"].append(plain)
+        for name, overrides in variants.items():
+            log.info("round %d/%d: audit %s", rep + 1, args.repeat, name)
+            out = work / f"out_{rep}_{len(runs[name])}"
+            runs[name].append(
+                run_audit(model, work / "manifest.csv", out, args.n, [*batch, *overrides])
+            )
+    return runs
+
+
+def host_summary(
+    args: argparse.Namespace, runs: dict[str, list[HostRun]], note: str, load_before: float
+) -> dict:
+    """--host's JSON line: medians over the rounds; ratios to the plain script of the same round."""
+    plain = runs["plain"]
+    audits = {name: r for name, r in runs.items() if name != "plain"}
+    return {
+        "host_ratio_steady": {
+            name: round(_median([a.steady_ips / p.steady_ips for a, p in zip(r, plain)]), 3)
+            for name, r in audits.items()
+        },
+        "host_ratio_process": {
+            name: round(_median([p.seconds / a.seconds for a, p in zip(r, plain)]), 3)
+            for name, r in audits.items()
+        },
+        "host_ratio_cpu": {
+            name: round(_median([p.cpu_seconds / a.cpu_seconds for a, p in zip(r, plain)]), 3)
+            for name, r in audits.items()
+        },
+        "seconds": {name: round(_median([x.seconds for x in r]), 2) for name, r in runs.items()},
+        "cpu_seconds": {
+            name: round(_median([x.cpu_seconds for x in r]), 2) for name, r in runs.items()
+        },
+        "steady_ips": {
+            name: round(_median([x.steady_ips for x in r]), 1) for name, r in runs.items()
+        },
+        "rounds_seconds": {name: [round(x.seconds, 2) for x in r] for name, r in runs.items()},
+        "variants": note,
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "repeat": args.repeat,
+        "overrides": args.set,
+        "image_size": list(IMAGE_SIZE),
+        "cpus": os.cpu_count(),
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # start, end
+        "python": platform.python_version(),
+    }
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(values))
+
+
+def print_host(summary: dict) -> None:
+    """--host's table: per variant, whole-process and CPU seconds, steady images/s (medians)."""
+    n, batch = summary["n"], summary["batch_size"]
+    print(
+        f"\n{n} JPEGs {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, tiny {HOST_SIDE}x{HOST_SIDE} model (four "
+        f"strided convs + GAP + Dense(1000)), batch {batch}, {summary['cpus']} CPU(s); medians "
+        f"of {summary['repeat']} rounds\n{summary['variants']}"
+    )
+    names = list(summary["seconds"])
+    width = max(len(name) for name in names)
+    heads = ("process s", "vs plain", "CPU s", "vs plain", "steady img/s", "vs plain")
+    print(f"{'run':<{width}}  {heads[0]:>9}  {heads[1]:>8}  {heads[2]:>7}  {heads[3]:>8}", end="")
+    print(f"  {heads[4]:>12}  {heads[5]:>8}")
+    for name in names:
+        ratios = [summary[f"host_ratio_{k}"].get(name, 1.0) for k in ("process", "cpu", "steady")]
+        print(
+            f"{name:<{width}}  {summary['seconds'][name]:>9.2f}  {ratios[0]:>8.3f}"
+            f"  {summary['cpu_seconds'][name]:>7.1f}  {ratios[1]:>8.3f}"
+            f"  {summary['steady_ips'][name]:>12.1f}  {ratios[2]:>8.3f}"
+        )
+    print("vs plain: process and CPU = plain seconds / run's; steady = run's img/s / plain's")
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -699,7 +942,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="benchmark.py",
         description="Time inference, the full pipeline and the Keras Grad-CAM example.",
     )
-    parser.add_argument("--n", type=int, default=256, help="images to generate and time")
+    parser.add_argument(
+        "--n", type=int, default=None, help=f"images to generate and time (256; --host: {HOST_N})"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model", choices=PRESETS, default="mobilenet_v2", help="preset")
     parser.add_argument(
@@ -720,6 +965,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra pipeline override, e.g. --set jit_compile=true (repeatable)",
     )
+    add_mode_options(parser)
+    args = parser.parse_args(argv)
+    if args.n is None:
+        args.n = HOST_N if args.host else 256
+    if args.n < 1 or args.batch_size < 1 or args.reference_n < 0 or args.repeat < 1:
+        parser.error("--n, --batch-size and --repeat must be >= 1, --reference-n >= 0")
+    if args.strategies and min(args.strategies) < 3:
+        parser.error("--strategies N needs N >= 3 maps")
+    return args
+
+
+def add_mode_options(parser: argparse.ArgumentParser) -> None:
+    """The options that run another benchmark instead of the throughput one."""
     parser.add_argument(
         "--memory",
         action="store_true",
@@ -736,18 +994,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--strategies-run", help=argparse.SUPPRESS)  # the child process
     parser.add_argument(
+        "--host",
+        action="store_true",
+        help="instead: the host's work per image, whole processes: a plain tf.data + predict "
+        "script against `python -m pipeline` variants, on a tiny 224x224 model",
+    )
+    parser.add_argument(
         "--methods",
         nargs="*",
         default=None,
         help="instead: time the full pipeline with each cam= method (all when none given) "
         "and report images/s relative to gradcam",
     )
-    args = parser.parse_args(argv)
-    if args.n < 1 or args.batch_size < 1 or args.reference_n < 0 or args.repeat < 1:
-        parser.error("--n, --batch-size and --repeat must be >= 1, --reference-n >= 0")
-    if args.strategies and min(args.strategies) < 3:
-        parser.error("--strategies N needs N >= 3 maps")
-    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -762,6 +1020,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return memory_benchmark(args.memory_sizes, args.seed, args.keep)
     if args.methods is not None:
         return methods_benchmark(args)
+    if args.host:
+        return host_benchmark(args)
     return throughput_benchmark(args)
 
 
