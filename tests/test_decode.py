@@ -18,6 +18,12 @@ from pipeline.data import PILLOW, Bases, load_example, make_dataset, pil_bilinea
 BIG = 10**9
 
 
+@pytest.fixture(autouse=True)
+def fast_route(monkeypatch):
+    """The fast route is off by default (data.FAST_ROUTE says why); these tests turn it on."""
+    monkeypatch.setattr(data_module, "FAST_ROUTE", True)
+
+
 def _photo(w: int = 500, h: int = 375, seed: int = 0) -> Image.Image:
     """Smooth gradients plus noise: JPEG-like content that exercises the IDCT rounding."""
     rng = np.random.default_rng(seed)
@@ -126,12 +132,16 @@ def test_what_the_sniff_is_unsure_of_takes_pillow(tmp_path, make):
     assert sniff(str(path), BIG, 224)[0] == PILLOW
 
 
-def test_plain_files_take_the_fast_route_and_bases_force_pillow(tmp_path):
+def test_plain_files_take_the_fast_route_and_bases_force_pillow(tmp_path, monkeypatch):
     paths = [str(tmp_path / n) for n in ("a.jpg", "b.png", "c.jpg")]
     for path in paths:
         _photo(100, 80).save(path)
     _, taken = _routes(paths, (32, 32, 3))
     assert taken == {"fast": 3, "pillow": 0}
+    monkeypatch.setattr(data_module, "FAST_ROUTE", False)
+    _, taken = _routes(paths, (32, 32, 3))
+    assert taken == {"fast": 0, "pillow": 3}
+    monkeypatch.setattr(data_module, "FAST_ROUTE", True)
     _, taken = _routes(paths, (32, 32, 3), base_side=64)  # overlay bases are Pillow images
     assert taken == {"fast": 0, "pillow": 3}
 
