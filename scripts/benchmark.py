@@ -210,6 +210,19 @@ def time_inference(cfg, paths: Sequence[Path], warmup: int) -> Timing:
     return Timing("inference", images, time.perf_counter() - start)
 
 
+def _check_outputs(output_dir: Path, ok: int) -> None:
+    """Every ok row has its map (read back through load_heatmaps) and what overlays it has."""
+    import pandas as pd  # here, not at the top: --help and --strategies stay light
+
+    from pipeline import load_heatmaps
+
+    summary = pd.read_parquet(output_dir / "summary.parquet")
+    maps = sum(m is not None for m in load_heatmaps(output_dir, summary))
+    overlays = int(summary["overlay_path"].notna().sum())
+    if maps != ok or overlays not in (0, ok):
+        raise RuntimeError(f"{ok} ok rows, but {maps} maps and {overlays} overlays")
+
+
 def time_pipeline(cfg, output_dir: Path, warmup: int) -> tuple[Timing, Timing]:
     """(steady state after the warm-up batch, whole run() incl. model build and tracing).
 
@@ -246,10 +259,7 @@ def time_pipeline(cfg, output_dir: Path, warmup: int) -> tuple[Timing, Timing]:
         raise RuntimeError(f"warm-up batch has {marks['rows']} rows; expected {warmup}")
     if result.errors != warmup:
         raise RuntimeError(f"{result.errors} error rows, expected {warmup}; see {output_dir}")
-    enabled = {"heatmaps": cfg.heatmaps.enabled, "overlays": cfg.overlays.enabled}
-    written = {d: len(list((output_dir / d).iterdir())) for d, on in enabled.items() if on}
-    if any(count != result.ok for count in written.values()):
-        raise RuntimeError(f"expected {result.ok} files in each of {written}")
+    _check_outputs(output_dir, result.ok)
     steady = Timing("pipeline", result.ok, end - marks["first"])
     return steady, Timing("pipeline end-to-end", result.ok, end - start)
 
