@@ -30,7 +30,7 @@ def test_overlay_is_jet_of_the_bilinear_map_blended_with_alpha():
     # in between, the bilinear ramp: each pixel is jet of its own level (a reference by hand)
     up = np.asarray(Image.fromarray(heat, "F").resize((30, 20), Image.BILINEAR))
     expected = 0.6 * 100 + 0.4 * jet_lut()[np.round(np.clip(up, 0, 1) * 255).astype(int)]
-    np.testing.assert_allclose(out, expected, atol=1)
+    np.testing.assert_allclose(out, expected, atol=2)  # a level apart at most: float order
 
 
 def test_overlay_mode():
