@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+import PIL
 import tensorflow as tf
 from PIL import Image
 
@@ -281,9 +282,12 @@ def _resample_rows(image: tf.Tensor, out_size: int) -> tf.Tensor:
     )
 
 
+PILLOW_VERTICAL_FIRST = int(PIL.__version__.split(".")[0]) >= 13  # see pil_bilinear
+
+
 def pil_bilinear(image: tf.Tensor, out_h: int, out_w: int) -> tf.Tensor:
-    """(H,W,C) uint8 -> (out_h,out_w,C) uint8, pixel-identical to Pillow 13's
-    Image.resize((out_w, out_h), BILINEAR): same passes, same order, same rounding."""
+    """(H,W,C) uint8 -> (out_h,out_w,C) uint8, pixel-identical to the installed Pillow's
+    Image.resize((out_w, out_h), BILINEAR) (10 and 13 checked): same passes, order, rounding."""
     h, w = tf.shape(image)[0], tf.shape(image)[1]
 
     def rows(x: tf.Tensor) -> tf.Tensor:
@@ -297,8 +301,9 @@ def pil_bilinear(image: tf.Tensor, out_h: int, out_w: int) -> tf.Tensor:
             lambda: x,
         )
 
-    # Pillow runs the vertical pass first when the height shrinks more than twice the width
-    vertical_first = (h - out_h > 0) & (h - out_h > (w - out_w) * 2)
+    # Pillow 13 runs the vertical pass first when the height shrinks more than twice the width;
+    # Pillow 10 always runs the horizontal pass first (tests/test_decode.py checks either)
+    vertical_first = (h - out_h > 0) & (h - out_h > (w - out_w) * 2) & PILLOW_VERTICAL_FIRST
     out = tf.cond(vertical_first, lambda: cols(rows(image)), lambda: rows(cols(image)))
     return tf.ensure_shape(out, (out_h, out_w, image.shape[-1]))
 
