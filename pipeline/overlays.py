@@ -32,6 +32,24 @@ class OverlayStyle:
     max_pixels: int = 178_956_970  # data.max_pixels: larger images are refused
 
 
+def style_of(config: dict) -> OverlayStyle:
+    """The run's overlay settings (run.json's config)."""
+    o, data = config.get("overlays", {}), config.get("data", {})
+    default = OverlayStyle()
+    return OverlayStyle(
+        o.get("max_side", default.max_side),
+        o.get("alpha", default.alpha),
+        o.get("quality", default.quality),
+        data.get("max_pixels", default.max_pixels),
+    )
+
+
+def manifest_folder(record: dict, out: Path) -> Path:
+    """Where a run's relative image paths start: its manifest's folder (run.json)."""
+    manifest = record.get("manifest", {}).get("path")
+    return Path(manifest).expanduser().resolve().parent if manifest else out
+
+
 def overlay_mode(select: str, enabled: bool, n_rows: int, max_rows_all: int) -> str:
     """The overlays a run writes: all, report or none (auto: all up to max_rows_all rows)."""
     if not enabled:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.cli.common import fail, output_dir_parser
-from pipeline.overlays import OverlayStyle, render_rows, write_overlay_paths
+from pipeline.overlays import manifest_folder, render_rows, style_of, write_overlay_paths
 
 PROG = "gradcam-audit-overlays"
 
@@ -31,18 +31,6 @@ def select(summary: pd.DataFrame, where: str | None, ids: Path | None) -> list[i
     return [int(p) for p in chosen.to_numpy().nonzero()[0]]
 
 
-def style_of(config: dict) -> OverlayStyle:
-    """The run's overlay settings (run.json's config)."""
-    o, data = config.get("overlays", {}), config.get("data", {})
-    default = OverlayStyle()
-    return OverlayStyle(
-        o.get("max_side", default.max_side),
-        o.get("alpha", default.alpha),
-        o.get("quality", default.quality),
-        data.get("max_pixels", default.max_pixels),
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = output_dir_parser(
         PROG, "Render overlays of a finished run's rows, without TensorFlow."
@@ -58,9 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = pd.read_parquet(out / "summary.parquet")
     record = json.loads((out / "run.json").read_text())
     positions = select(summary, args.where, args.ids)
-    manifest = record.get("manifest", {}).get("path")
-    base = Path(manifest).expanduser().resolve().parent if manifest else out
-    paths = render_rows(out, summary, positions, style_of(record.get("config", {})), base)
+    style = style_of(record.get("config", {}))
+    paths = render_rows(out, summary, positions, style, manifest_folder(record, out))
     write_overlay_paths(out, paths)
     done = int(paths.iloc[positions].notna().sum()) if positions else 0
     print(f"rendered {done} of {len(positions)} selected rows into {out / 'overlays'}")

@@ -17,10 +17,11 @@ from pipeline.errors import ConfigError
 from pipeline.heatmaps import has_map, load_heatmaps
 from pipeline.outputs import atomic_write, resize_map, safe_name, save_mean_map
 from pipeline.overlays import (
-    OverlayStyle,
+    manifest_folder,
     overlay_mode,
     render_rows,
     report_rows,
+    style_of,
     write_overlay_paths,
 )
 from pipeline.report.aggregate import aggregate
@@ -303,15 +304,8 @@ def _report_overlays(out: Path, summary: pd.DataFrame, record: dict, audit: Audi
     todo = [p for p in wanted if not isinstance(summary["overlay_path"].iloc[p], str)]
     if not todo:
         return summary["overlay_path"]
-    style = OverlayStyle(
-        o.get("max_side", 512),
-        o.get("alpha", 0.4),
-        o.get("quality", 90),
-        config.get("data", {}).get("max_pixels", OverlayStyle.max_pixels),
-    )
-    manifest = record.get("manifest", {}).get("path")
-    base = Path(manifest).expanduser().resolve().parent if manifest else out
-    paths = render_rows(out, summary, todo, style, base)
+    style = style_of(config)
+    paths = render_rows(out, summary, todo, style, manifest_folder(record, out))
     write_overlay_paths(out, paths)
     log.info("overlays: %d rows the report shows, rendered from the stored maps", len(todo))
     return paths
@@ -355,8 +349,7 @@ def _virelay(
     size: tuple[int, int],
 ) -> Path:
     """The strategies as a ViRelAy project in out/virelay (strategies.virelay=true)."""
-    manifest = record.get("manifest", {}).get("path")
-    base = Path(manifest).resolve().parent if manifest else out
+    base = manifest_folder(record, out)
     paths = summary["path"].tolist()
     return export_virelay(
         out / "virelay",
