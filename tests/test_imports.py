@@ -10,7 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "pipeline"
-LIGHT = "pipeline.report, pipeline.shards, pipeline.cli.report, pipeline.cli.merge"
+LIGHT = "pipeline.report, pipeline.shards, pipeline.cli.report, pipeline.cli.merge, "
+LIGHT += "pipeline.compare, pipeline.cli.compare"
 
 
 def test_light_modules_load_no_tensorflow():
