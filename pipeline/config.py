@@ -43,6 +43,9 @@ class DataConfig:
     num_parallel_calls: int = -1  # decode threads; -1 = tf.data.AUTOTUNE
     prefetch: int = 2  # batches decoded ahead of the model
     max_pixels: int = 178_956_970  # larger images are refused before decoding
+    resize: str = "bilinear"  # to the model input: bilinear = tf.image.resize without
+    # antialiasing, as Keras' image_dataset_from_directory (TF decodes plain files in the
+    # graph); pillow = Pillow's antialiased BILINEAR (every row decoded in Python)
 
 
 @dataclass
@@ -84,6 +87,7 @@ class ReportConfig:
     mad_floor: float = 0.02  # MAD never below this (near-identical classes are not outliers)
     min_class_n: int = 3  # classes with fewer ok rows are reported but neither flagged nor compared
     examples: int = 6  # off-object examples shown per flagged class
+    misclassified: int = 12  # most confident wrong predictions shown (0: none)
     group_min_n: int = 3  # subgroups with fewer rows are left out of gap checks
     accuracy_gap: float = 0.1  # flag a class whose group accuracies differ by more
     attention_gap: float = (
@@ -196,6 +200,7 @@ def _check_run(cfg: Any) -> None:
         ("cam.max_channels", cfg.cam.max_channels >= 0, "an integer >= 0 (0: all channels)"),
         ("heatmaps.resolution", cfg.heatmaps.resolution in ("layer", "input"), "layer or input"),
         ("heatmaps.format", cfg.heatmaps.format in ("chunks", "files"), "chunks or files"),
+        ("data.resize", cfg.data.resize in ("bilinear", "pillow"), "bilinear or pillow"),
         ("overlays.alpha", 0.0 <= cfg.overlays.alpha <= 1.0, "a value in [0, 1]"),
         ("overlays.max_side", cfg.overlays.max_side >= 8, "at least 8"),
         ("overlays.select", cfg.overlays.select in OVERLAY_MODES, "auto, all, report or none"),
@@ -289,9 +294,12 @@ def check_metrics(metrics: Any) -> None:
 
 
 def check_report(report: Any) -> None:
-    """report.group_by is target or label."""
+    """report.group_by is target or label; the example counts are not negative."""
     if report.group_by not in ("target", "label"):
         raise ConfigError(f"report.group_by={report.group_by!r}; expected target or label")
+    for key in ("examples", "misclassified"):
+        if getattr(report, key) < 0:
+            raise ConfigError(f"report.{key}={getattr(report, key)}; expected an integer >= 0")
 
 
 def check_strategies(s: StrategiesConfig) -> None:

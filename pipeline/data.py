@@ -1,88 +1,91 @@
-"""tf.data: manifest paths -> decoded, resized batches (+ row ids, overlay bases, load errors).
+"""tf.data: manifest paths -> decoded, resized batches (+ row ids, original sizes, load errors).
 
-Two routes give the same pixels. The fast route decodes plain JPEG/PNG/BMP/GIF files with
-TensorFlow's own decoders inside the graph and resizes them with `pil_bilinear`, a graph copy of
-Pillow's BILINEAR resample; only a header sniff (a few hundred bytes parsed in Python) runs per
-image. Everything else, and every file the sniff is not sure of, takes the Pillow route
-(`load_example`), which also makes every error row. Measured: the JPEG decode is bit-identical
-to Pillow's with dct_method="INTEGER_ACCURATE" (TF's default INTEGER_FAST differs by up to 5
-levels in two thirds of the pixels), PNG/BMP/GIF are bit-identical, and so is the resize.
-The fast route is off (FAST_ROUTE): the exact resize makes it slower than Pillow on a CPU.
+data.resize=bilinear (default): plain JPEG/PNG/BMP/GIF files are decoded by TensorFlow's own
+decoders inside the graph; a header sniff (a few hundred bytes parsed in Python, a block of rows
+per call) sends everything it is not sure of (EXIF rotation, CMYK, 16-bit, animations, ...) to
+Pillow. Both routes give the same decoded pixels (JPEG with dct_method="INTEGER_ACCURATE", which
+is libjpeg's default and Pillow's; tests/test_decode.py checks every format bit for bit) and
+both are resized by tf.image.resize's bilinear without antialiasing, as Keras' own
+image_dataset_from_directory does. data.resize=pillow: Pillow decodes and resizes (BILINEAR,
+antialiased) every row, in Python, at about twice the CPU per image.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-import PIL
 import tensorflow as tf
 from PIL import Image
 
 from pipeline.config import DataConfig
 from pipeline.faults import checkpoint
-from pipeline.images import LoadError, fit_side, open_image
+from pipeline.images import LoadError, open_image
 
 Image.MAX_IMAGE_PIXELS = None  # we refuse oversized images ourselves, before decoding
+log = logging.getLogger(__name__)
 
 
 def load_example(
-    path: str, size: tuple[int, int], channels: int, base_side: int, max_pixels: int
-) -> tuple[np.ndarray, Image.Image | None, np.ndarray, bool, bytes]:
-    """One row: (image (H,W,C) uint8, overlay base RGB with longest side <= base_side (None
-    when base_side is 0 or the row fails), orig_hw (2,) int32, ok, error)."""
+    path: str, size: tuple[int, int], channels: int, max_pixels: int
+) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
+    """data.resize=pillow, one row: (image (H,W,C) uint8 resized by Pillow's BILINEAR, orig_hw
+    (2,) int32, ok, error)."""
     checkpoint("decode")
     h, w = size
     image = np.zeros((h, w, channels), np.uint8)
     orig_hw = np.zeros(2, np.int32)
     try:
-        mode = "L" if channels == 1 else "RGB"
-        im, (oh, ow) = open_image(path, "RGB", max_pixels, draft_side=max(h, w, base_side))
+        im, (oh, ow) = _open(path, channels, max_pixels, max(h, w))
         orig_hw[:] = (oh, ow)
-        model_im = im.convert(mode) if mode != "RGB" else im
-        image[:] = np.asarray(model_im.resize((w, h), Image.BILINEAR)).reshape(h, w, channels)
-        base = None
-        if base_side:
-            fitted = fit_side(im.size, base_side)
-            base = im if fitted == im.size else im.resize(fitted, Image.BILINEAR)
-        return image, base, orig_hw, True, b""
+        image[:] = np.asarray(im.resize((w, h), Image.BILINEAR)).reshape(h, w, channels)
+        return image, orig_hw, True, b""
     except LoadError as exc:
-        return image, None, orig_hw, False, str(exc).encode("utf-8")
+        return image, orig_hw, False, str(exc).encode("utf-8")
 
 
-class Bases:
-    """Overlay bases handed from the loader to the writers beside tf.data, keyed by row.
+def load_decoded(
+    path: str, side: int, channels: int, max_pixels: int
+) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
+    """data.resize=bilinear, one row through Pillow: (image (h0,w0,C) uint8 as decoded, JPEGs
+    at libjpeg's reduced scale as the fast route decodes them; (1,1,C) zeros for a row that
+    fails, orig_hw (2,) int32, ok, error). The graph resizes it like a fast-route image."""
+    checkpoint("decode")
+    orig_hw = np.zeros(2, np.int32)
+    try:
+        im, (oh, ow) = _open(path, channels, max_pixels, side)
+        orig_hw[:] = (oh, ow)
+        return np.asarray(im).reshape(im.height, im.width, channels), orig_hw, True, b""
+    except LoadError as exc:
+        return np.zeros((1, 1, channels), np.uint8), orig_hw, False, str(exc).encode("utf-8")
 
-    Each base keeps its own size and stays a Pillow image: no padded canvas, no copies
-    through tensors. The loader puts, the consumer pops; a dict is safe across threads.
-    """
 
-    def __init__(self) -> None:
-        self._images: dict[int, Image.Image] = {}
+def _open(
+    path: str, channels: int, max_pixels: int, side: int
+) -> tuple[Image.Image, tuple[int, int]]:
+    """open_image as RGB, then 'L' for one channel: libjpeg's own grayscale output would
+    differ from the fast route's (which converts RGB as Pillow's convert('L') does)."""
+    im, size = open_image(path, "RGB", max_pixels, draft_side=side)
+    return (im.convert("L") if channels == 1 else im), size
 
-    def put(self, row: int, image: Image.Image) -> None:
-        self._images[row] = image
 
-    def pop(self, row: int) -> Image.Image | None:
-        return self._images.pop(row, None)
-
-    def __len__(self) -> int:
-        return len(self._images)
+def tf_bilinear(image: tf.Tensor, out_h: int, out_w: int) -> tf.Tensor:
+    """(h0,w0,C) uint8 -> (out_h,out_w,C) uint8: tf.image.resize's bilinear without
+    antialiasing (Keras' image_dataset_from_directory and Resizing), rounded to the nearest
+    level (half to even)."""
+    out = tf.image.resize(image, (out_h, out_w), method="bilinear", antialias=False)
+    return tf.ensure_shape(tf.saturate_cast(tf.round(out), tf.uint8), (out_h, out_w, None))
 
 
 # Routes: what the sniff hands the graph. JPEG routes carry libjpeg's scale (Pillow's draft).
 PILLOW, JPEG_1, JPEG_2, JPEG_4, JPEG_8, PNG, BMP, GIF = range(8)
 JPEG_RATIOS = {1: JPEG_1, 2: JPEG_2, 4: JPEG_4, 8: JPEG_8}
 HEAD_BYTES = 65536  # a JPEG header (Exif included) longer than this takes the Pillow route
-FAST_MAX_PIXELS = 1 << 22  # decoded pixels; larger images take Pillow's leaner resize
-PRECISION_BITS = 22  # Pillow's fixed point for 8-bit resampling (libImaging/Resample.c)
-# Off: correct and tested, but slower than Pillow on a 2-core CPU (make_dataset, 512 JPEGs
-# 500x375: ~160 images/s on the Pillow route, ~25-50 with the fast route), because the exact
-# graph resize costs more than TF's decode saves (TF decode + tf.image.resize: ~360/s).
-FAST_ROUTE = False
+SNIFF_BATCH = 64  # rows sniffed per Python call (one call per row costs more than the sniff)
 routes_taken: Counter[str] = Counter()  # "fast" / "pillow" rows since import (tests read it)
 _routes_lock = threading.Lock()
 
@@ -247,65 +250,7 @@ def sniff(path: str, max_pixels: int, side: int) -> tuple[int, int, int]:
         return PILLOW, 0, 0
     if size is None or size[0] * size[1] > max_pixels:  # Pillow makes the error row
         return PILLOW, 0, 0
-    ratio = 1 << max(route - JPEG_1, 0) if route <= JPEG_8 else 1
-    if -(-size[0] // ratio) * -(-size[1] // ratio) > FAST_MAX_PIXELS:
-        return PILLOW, 0, 0
     return route, size[0], size[1]
-
-
-def _taps(in_size: tf.Tensor, out_size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Pillow's BILINEAR coefficients for in_size -> out_size: source index (out,K) int32 and
-    22-bit fixed-point weight (out,K) int32, from the same doubles as precompute_coeffs."""
-    scale = tf.cast(in_size, tf.float64) / float(out_size)
-    support = tf.maximum(scale, 1.0)  # filterscale times the filter's support of 1
-    center = (tf.range(out_size, dtype=tf.float64) + 0.5) * scale  # (out,)
-    first = tf.maximum(tf.cast(center - support + 0.5, tf.int32), 0)  # C casts truncate
-    count = tf.minimum(tf.cast(center + support + 0.5, tf.int32), in_size) - first
-    k = tf.range(tf.cast(tf.math.ceil(support), tf.int32) * 2 + 1)  # (K,)
-    src = first[:, None] + k[None, :]  # (out,K)
-    arg = (tf.cast(src, tf.float64) - center[:, None] + 0.5) * (1.0 / support)
-    weight = tf.where(k[None, :] < count[:, None], tf.maximum(1.0 - tf.abs(arg), 0.0), 0.0)
-    total = tf.math.cumsum(weight, axis=1)[:, -1:]  # summed in order, as the C loop does
-    weight = tf.where(total != 0.0, weight / total, weight)
-    fixed = tf.cast(0.5 + weight * float(1 << PRECISION_BITS), tf.int32)  # weights are >= 0
-    return tf.minimum(src, in_size - 1), fixed
-
-
-def _resample_rows(image: tf.Tensor, out_size: int) -> tf.Tensor:
-    """(H,W,C) uint8 -> (out_size,W,C) uint8 along axis 0, rounded and clipped as Pillow does.
-    Gathers whole rows (axis 0): a gather along another axis copies C values at a time."""
-    src, fixed = _taps(tf.shape(image)[0], out_size)  # (out,K)
-    taps = tf.gather(tf.cast(image, tf.int32), src)  # (out,K,W,C)
-    total = tf.reduce_sum(taps * fixed[:, :, None, None], axis=1) + (1 << (PRECISION_BITS - 1))
-    return tf.cast(
-        tf.clip_by_value(tf.bitwise.right_shift(total, PRECISION_BITS), 0, 255), tf.uint8
-    )
-
-
-PILLOW_VERTICAL_FIRST = int(PIL.__version__.split(".")[0]) >= 13  # see pil_bilinear
-
-
-def pil_bilinear(image: tf.Tensor, out_h: int, out_w: int) -> tf.Tensor:
-    """(H,W,C) uint8 -> (out_h,out_w,C) uint8, pixel-identical to the installed Pillow's
-    Image.resize((out_w, out_h), BILINEAR) (10 and 13 checked): same passes, order, rounding."""
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-
-    def rows(x: tf.Tensor) -> tf.Tensor:
-        return tf.cond(h != out_h, lambda: _resample_rows(x, out_h), lambda: x)
-
-    def cols(x: tf.Tensor) -> tf.Tensor:  # (H,W,C) -> (W,H,C), rows, and back
-        flip = (1, 0, 2)
-        return tf.cond(
-            w != out_w,
-            lambda: tf.transpose(_resample_rows(tf.transpose(x, flip), out_w), flip),
-            lambda: x,
-        )
-
-    # Pillow 13 runs the vertical pass first when the height shrinks more than twice the width;
-    # Pillow 10 always runs the horizontal pass first (tests/test_decode.py checks either)
-    vertical_first = (h - out_h > 0) & (h - out_h > (w - out_w) * 2) & PILLOW_VERTICAL_FIRST
-    out = tf.cond(vertical_first, lambda: cols(rows(image)), lambda: rows(cols(image)))
-    return tf.ensure_shape(out, (out_h, out_w, image.shape[-1]))
 
 
 def pil_luma(image: tf.Tensor) -> tf.Tensor:
@@ -331,122 +276,145 @@ def decode_fast(data: tf.Tensor, route: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(tf.switch_case(route - JPEG_1, branches), (None, None, 3))
 
 
+Element = dict[str, tf.Tensor]
+
+
 def make_dataset(
     paths: Sequence[str],
     rows: Sequence[int] | None,
     shape: tuple[int, int, int],
     batch_size: int,
     data: DataConfig,
-    base_side: int = 0,
-    bases: Bases | None = None,
+    pillow_only: bool = False,
 ) -> tf.data.Dataset:
     """Batches of `rows` (default: all), in order: dict(row, image, orig_hw, ok, error); `row`
-    indexes `paths`, `image` is (B,H,W,C) uint8 for shape = (H,W,C). With base_side > 0, each
-    good row's overlay base goes into `bases`.
+    indexes `paths`, `image` is (B,H,W,C) uint8 for shape = (H,W,C).
 
-    With FAST_ROUTE (off: see there), each row is sniffed (header bytes, in Python); plain
-    JPEG/PNG/BMP/GIF files are decoded and resized in the graph (module docstring), the rest by
-    Pillow in data.num_parallel_calls threads. A graph decode that fails falls back to Pillow
-    for that row, so no file can stop the iterator. With base_side > 0 every row takes the
-    Pillow route (the overlay bases are Pillow images). data.prefetch batches ahead; images
-    over data.max_pixels are refused. A row that cannot be read keeps its place in the batch
-    with ok=False and a specific error.
+    data.resize=bilinear: rows are sniffed SNIFF_BATCH at a time (header bytes, in Python);
+    plain JPEG/PNG/BMP/GIF files are decoded by TF in the graph, the rest (and all of them with
+    pillow_only) by Pillow in numpy_function; both are resized by tf_bilinear in the graph.
+    data.resize=pillow: Pillow decodes and resizes every row. data.num_parallel_calls rows at
+    once, data.prefetch batches ahead; images over data.max_pixels are refused. A row that
+    cannot be read keeps its place with ok=False and a specific error. A batch can still fail
+    when TF's decoder refuses a file the sniff passed: `batches` reads it again with Pillow.
     """
-    h, w, channels = shape
-    paths = list(paths)
-    if base_side and bases is None:
-        raise ValueError("base_side > 0 needs a Bases store to put the overlay bases in")
-
-    def load(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
-        _count("pillow")
-        image, base, orig_hw, ok, error = load_example(
-            paths[int(row)], (h, w), channels, base_side, data.max_pixels
-        )
-        if base is not None:
-            bases.put(int(row), base)
-        return image, orig_hw, ok, error
-
-    def route(row: np.ndarray) -> tuple[np.int32, np.ndarray, bytes]:
-        path = paths[int(row)]
-        found = sniff(path, data.max_pixels, max(h, w)) if path else (PILLOW, 0, 0)
-        if found[0] != PILLOW:
-            checkpoint("decode")
-            _count("fast")
-        return np.int32(found[0]), np.asarray(found[1:], np.int32), os.fsencode(path)
-
     parallel, prefetch = data.num_parallel_calls, data.prefetch
     calls = tf.data.AUTOTUNE if parallel is None or parallel < 1 else parallel
     todo = np.arange(len(paths)) if rows is None else np.asarray(rows, np.int64)
     ds = tf.data.Dataset.from_tensor_slices(todo.astype(np.int64))
-    pillow = _pillow_tf(load, shape)
-    if FAST_ROUTE and not base_side:
-        ds = ds.map(_sniff_tf(route), num_parallel_calls=calls, deterministic=True)
-        one = _one_row(pillow, _fast_tf(shape))
-        ds = ds.interleave(one, cycle_length=calls, num_parallel_calls=calls, deterministic=True)
+    if data.resize == "pillow":
+        ds = ds.map(_pillow_tf(paths, shape, data.max_pixels), calls, deterministic=True)
     else:
-        ds = ds.map(pillow, num_parallel_calls=calls, deterministic=True)
+        sniffed = _sniff_tf(paths, max(shape[:2]), data.max_pixels, pillow_only)
+        ds = ds.batch(SNIFF_BATCH).map(sniffed).unbatch()
+        ds = ds.map(_decode_tf(paths, shape, data.max_pixels), calls, deterministic=True)
     ds = ds.batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE if prefetch < 0 else prefetch)
 
 
-Element = dict[str, tf.Tensor]
+def batches(
+    paths: Sequence[str],
+    rows: Sequence[int],
+    shape: tuple[int, int, int],
+    batch_size: int,
+    data: DataConfig,
+) -> Iterator[Element]:
+    """make_dataset's batches of `rows`; a batch that fails in the graph (TF's decoder refused a
+    file the sniff passed, e.g. a PNG with a bad CRC that Pillow reads) is read again with
+    Pillow alone, so no file can stop a run."""
+    rows = list(rows)
+    found = iter(make_dataset(paths, rows, shape, batch_size, data))
+    for start in range(0, len(rows), batch_size):
+        try:
+            yield next(found)
+        except tf.errors.OpError as exc:
+            again = rows[start : start + batch_size]
+            reason = " ".join(exc.message.split())[:200]
+            log.info(
+                "rows %d-%d: TF's decoder failed (%s); Pillow reads them",
+                again[0],
+                again[-1],
+                reason,
+            )
+            yield next(iter(make_dataset(paths, again, shape, batch_size, data, True)))
 
 
-def _sniff_tf(route):
-    """row -> (row, route, orig_hw, path) through the Python sniff."""
+def _pillow_tf(paths: Sequence[str], shape: tuple[int, int, int], max_pixels: int):
+    """row -> element through load_example (data.resize=pillow)."""
 
-    def sniff_tf(row: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        kind, orig_hw, path = tf.numpy_function(
-            route, [row], [tf.int32, tf.int32, tf.string], stateful=True
-        )
-        return row, tf.ensure_shape(kind, ()), tf.ensure_shape(orig_hw, (2,)), path
-
-    return sniff_tf
-
-
-def _pillow_tf(load, shape: tuple[int, int, int]):
-    """row -> element through load_example (the Pillow route)."""
+    def load(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
+        _count("pillow")
+        return load_example(paths[int(row)], shape[:2], shape[2], max_pixels)
 
     def pillow_tf(row: tf.Tensor) -> Element:
         image, orig_hw, ok, error = tf.numpy_function(
             load, [row], [tf.uint8, tf.int32, tf.bool, tf.string], stateful=True
         )
-        image = tf.ensure_shape(image, shape)
-        orig_hw, ok, error = (
-            tf.ensure_shape(t, s) for t, s in ((orig_hw, (2,)), (ok, ()), (error, ()))
-        )
-        return {"row": row, "image": image, "orig_hw": orig_hw, "ok": ok, "error": error}
+        return _element(row, tf.ensure_shape(image, shape), orig_hw, ok, error)
 
     return pillow_tf
 
 
-def _fast_tf(shape: tuple[int, int, int]):
-    """(row, route, orig_hw, path) -> element, decoded and resized in the graph. Fails (and the
-    row falls back to Pillow) when the decoder fails or its size differs from the header's."""
+def _element(row, image, orig_hw, ok, error) -> Element:
+    orig_hw, ok, error = (
+        tf.ensure_shape(t, s) for t, s in ((orig_hw, (2,)), (ok, ()), (error, ()))
+    )
+    return {"row": row, "image": image, "orig_hw": orig_hw, "ok": ok, "error": error}
+
+
+def _sniff_tf(paths: Sequence[str], side: int, max_pixels: int, pillow_only: bool):
+    """rows (n,) -> (rows, route (n,), orig_hw (n,2), path (n,)) through `sniff`, one Python
+    call for a whole block of rows."""
+
+    def route(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        kinds, sizes = np.zeros(len(rows), np.int32), np.zeros((len(rows), 2), np.int32)
+        for i, row in enumerate(rows):
+            path = paths[int(row)]
+            if path and not pillow_only:
+                kinds[i], *sizes[i] = sniff(path, max_pixels, side)
+            if kinds[i] != PILLOW:
+                checkpoint("decode")
+                _count("fast")
+        return kinds, sizes, np.array([os.fsencode(paths[int(r)]) for r in rows], object)
+
+    def sniff_tf(rows: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        kinds, sizes, names = tf.numpy_function(
+            route, [rows], [tf.int32, tf.int32, tf.string], stateful=True
+        )
+        n = tf.shape(rows)[0]
+        return rows, tf.ensure_shape(kinds, (None,)), tf.reshape(sizes, (n, 2)), names
+
+    return sniff_tf
+
+
+def _decode_tf(paths: Sequence[str], shape: tuple[int, int, int], max_pixels: int):
+    """(row, route, orig_hw, path) -> element: decoded by TF (fast routes) or Pillow, then
+    resized by tf_bilinear. The fast route fails when its decoder does or when the decoded size
+    differs from the header's."""
     h, w, channels = shape
 
-    def fast_tf(row: tf.Tensor, kind: tf.Tensor, orig_hw: tf.Tensor, path: tf.Tensor) -> Element:
+    def load(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
+        _count("pillow")
+        return load_decoded(paths[int(row)], max(h, w), channels, max_pixels)
+
+    def pillow(row: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        image, orig_hw, ok, error = tf.numpy_function(
+            load, [row], [tf.uint8, tf.int32, tf.bool, tf.string], stateful=True
+        )
+        return tf.ensure_shape(image, (None, None, channels)), orig_hw, ok, error
+
+    def fast(kind: tf.Tensor, orig_hw: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, ...]:
         image = decode_fast(tf.io.read_file(path), kind)  # (h0,w0,3)
         ratio = tf.where(kind <= JPEG_8, tf.bitwise.left_shift(1, kind - JPEG_1), 1)
         expect = -(-orig_hw // ratio)  # libjpeg's scaled size rounds up, as Pillow's draft
         with tf.control_dependencies([tf.debugging.assert_equal(tf.shape(image)[:2], expect)]):
             image = pil_luma(image) if channels == 1 else tf.identity(image)
-        image = pil_bilinear(image, h, w)
-        return {"row": row, "image": image, "orig_hw": orig_hw, "ok": True, "error": ""}
+        return image, orig_hw, tf.constant(True), tf.constant("")
 
-    return fast_tf
+    def decode_tf(row: tf.Tensor, kind: tf.Tensor, orig_hw: tf.Tensor, path: tf.Tensor) -> Element:
+        image, orig_hw, ok, error = tf.cond(
+            kind == PILLOW, lambda: pillow(row), lambda: fast(kind, orig_hw, path)
+        )
+        return _element(row, tf_bilinear(image, h, w), orig_hw, ok, error)
 
-
-def _one_row(pillow_tf, fast_tf):
-    """(row, route, orig_hw, path) -> a one-element dataset: the fast route's element, or the
-    Pillow route's when the sniff chose Pillow or the graph decode failed."""
-
-    def one(
-        row: tf.Tensor, kind: tf.Tensor, orig_hw: tf.Tensor, path: tf.Tensor
-    ) -> tf.data.Dataset:
-        fast = tf.data.Dataset.from_tensors((row, kind, orig_hw, path))
-        fast = fast.filter(lambda r, k, s, p: k != PILLOW).map(fast_tf).ignore_errors()
-        slow = tf.data.Dataset.from_tensors(row).map(pillow_tf)
-        return fast.concatenate(slow).take(1)
-
-    return one
+    return decode_tf

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from pipeline.boxes import normalise_boxes, normalise_tolerance
 from pipeline.cam.base import CamMethod
 from pipeline.concurrency import one_ahead, writer_pool
 from pipeline.config import DataConfig, HeatmapsConfig, MetricsConfig
-from pipeline.data import make_dataset
+from pipeline.data import batches
 from pipeline.faults import checkpoint
 from pipeline.heatmaps import CHUNK_DTYPE, chunk_file, write_chunk
 from pipeline.manifest import BOX_COLUMNS, resolve_labels
@@ -153,7 +154,6 @@ class BatchLoop:
             settings.target,
             strategy=strategy,
             jit_compile=settings.jit_compile,
-            colour=False,  # overlays are drawn from the stored map (pipeline/overlays.py)
         )
         self.faithfulness = self._build_metrics()
 
@@ -199,10 +199,10 @@ class BatchLoop:
     def _rows(self, chunk: int) -> list[int]:
         return [int(r) for r in self.store.chunk_rows_of(chunk)]
 
-    def _dataset(self, todo: list[int]) -> tf.data.Dataset:
+    def _dataset(self, todo: list[int]) -> Iterator[dict[str, tf.Tensor]]:
         shape = (*self.loaded.input_size, self.loaded.channels)
         paths = self.table["path"].tolist()
-        return make_dataset(paths, todo, shape, self.s.batch_size, self.s.data)
+        return batches(paths, todo, shape, self.s.batch_size, self.s.data)
 
     def _compute(self, batch: dict[str, tf.Tensor]) -> BatchResult:
         """One batch through the compiled step (and the metrics); results as numpy."""

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.data import Bases, LoadError, load_example, make_dataset, open_image
+from pipeline.data import LoadError, load_decoded, load_example, make_dataset, open_image
 
 BIG = 10**9
 
@@ -127,34 +127,28 @@ def _png_bytes() -> bytes:
     return buf.getvalue()
 
 
-def test_load_example_resizes_and_keeps_overlay_base(tmp_path):
+def test_load_example_and_load_decoded(tmp_path):
+    """resize=pillow rows come resized; resize=bilinear's Pillow rows come as decoded (the
+    graph resizes them), JPEGs at libjpeg's reduced scale; failures keep a specific error."""
     path = _save(_rgb(400, 300), tmp_path / "a.png")
-    image, base, orig_hw, ok, err = load_example(path, (32, 48), 1, 100, BIG)
+    image, orig_hw, ok, err = load_example(path, (32, 48), 1, BIG)
     assert ok and err == b""
     assert image.shape == (32, 48, 1) and image.dtype == np.uint8
     assert tuple(orig_hw) == (300, 400)
-    assert base.mode == "RGB" and base.size == (100, 75)  # longest side capped, aspect kept
-    assert load_example(path, (32, 48), 1, 0, BIG)[1] is None  # no overlays: no base
+    image, orig_hw, ok, err = load_decoded(path, 48, 3, BIG)
+    assert ok and image.shape == (300, 400, 3) and tuple(orig_hw) == (300, 400)
+    big = _save(_rgb(800, 600), tmp_path / "b.jpg", quality=95)
+    assert load_decoded(big, 224, 3, BIG)[0].shape == (300, 400, 3)  # 1/2: still >= 224
+    image, orig_hw, ok, err = load_decoded(str(tmp_path / "none.png"), 48, 1, BIG)
+    assert not ok and image.shape == (1, 1, 1) and b"file not found" in err
 
 
-def test_dataset_hands_overlay_bases_beside_the_batches(tmp_path):
-    paths = [_save(_rgb(60, 40), tmp_path / "a.png"), str(tmp_path / "missing.png")]
-    bases = Bases()
-    batch = next(
-        iter(make_dataset(paths, None, (16, 16, 3), 2, DataConfig(), base_side=30, bases=bases))
-    )
-    assert batch["ok"].numpy().tolist() == [True, False]
-    assert "base" not in batch and len(bases) == 1  # the failed row has none
-    assert bases.pop(0).size == (30, 20) and bases.pop(1) is None and len(bases) == 0
-    with pytest.raises(ValueError, match="Bases"):
-        make_dataset(paths, None, (16, 16, 3), 2, DataConfig(), base_side=30)
-
-
-def test_dataset_keeps_order_and_marks_bad_rows(tmp_path):
+@pytest.mark.parametrize("resize", ["bilinear", "pillow"])
+def test_dataset_keeps_order_and_marks_bad_rows(tmp_path, resize):
     good = [_save(_rgb(), tmp_path / f"g{i}.png") for i in range(5)]
     (tmp_path / "bad.png").write_bytes(b"garbage")
     paths = [good[0], str(tmp_path / "bad.png"), good[1], "", good[2], good[3], good[4]]
-    batches = list(make_dataset(paths, None, (16, 16, 3), 3, DataConfig()))
+    batches = list(make_dataset(paths, None, (16, 16, 3), 3, DataConfig(resize=resize)))
     assert [len(b["row"]) for b in batches] == [3, 3, 1]
     rows = np.concatenate([b["row"].numpy() for b in batches])
     ok = np.concatenate([b["ok"].numpy() for b in batches])
@@ -164,9 +158,10 @@ def test_dataset_keeps_order_and_marks_bad_rows(tmp_path):
     assert "not a recognised image" in errors[1] and "empty path" in errors[3]
 
 
-def test_dataset_takes_its_limits_from_the_data_config(tmp_path):
+@pytest.mark.parametrize("resize", ["bilinear", "pillow"])
+def test_dataset_takes_its_limits_from_the_data_config(tmp_path, resize):
     paths = [_save(_rgb(40, 30), tmp_path / "a.png"), _save(_rgb(8, 8), tmp_path / "b.png")]
-    data = DataConfig(num_parallel_calls=1, prefetch=0, max_pixels=100)
+    data = DataConfig(num_parallel_calls=1, prefetch=0, max_pixels=100, resize=resize)
     batch = next(iter(make_dataset(paths, [1, 0], (16, 16, 1), 4, data)))
     assert batch["row"].numpy().tolist() == [1, 0] and batch["image"].shape == (2, 16, 16, 1)
     assert batch["ok"].numpy().tolist() == [True, False]

@@ -1,4 +1,5 @@
-"""The fast route (TF decoders + pil_bilinear in the graph) gives Pillow's pixels, and is taken."""
+"""data.resize=bilinear: TF's decoders in the graph (the fast route) and Pillow give the same
+pixels for every format, and each file takes the route it should."""
 
 from __future__ import annotations
 
@@ -13,15 +14,9 @@ from PIL import Image
 
 from pipeline import data as data_module
 from pipeline.config import DataConfig
-from pipeline.data import PILLOW, Bases, load_example, make_dataset, pil_bilinear, sniff
+from pipeline.data import PILLOW, batches, make_dataset, sniff
 
 BIG = 10**9
-
-
-@pytest.fixture(autouse=True)
-def fast_route(monkeypatch):
-    """The fast route is off by default (data.FAST_ROUTE says why); these tests turn it on."""
-    monkeypatch.setattr(data_module, "FAST_ROUTE", True)
 
 
 def _photo(w: int = 500, h: int = 375, seed: int = 0) -> Image.Image:
@@ -33,21 +28,32 @@ def _photo(w: int = 500, h: int = 375, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(wave + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8))
 
 
-def _routes(paths: list[str], shape: tuple[int, int, int], base_side: int = 0):
-    """(images (N,H,W,C), routes taken as {"fast": n, "pillow": n}) through make_dataset."""
+def _routes(paths: list[str], shape: tuple[int, int, int], **kw):
+    """(images (N,H,W,C), routes taken as {"fast": n, "pillow": n}) through `batches`."""
     before = dict(data_module.routes_taken)
-    bases = Bases() if base_side else None
-    ds = make_dataset(paths, None, shape, 4, DataConfig(), base_side=base_side, bases=bases)
-    batches = list(ds)
+    found = list(batches(paths, range(len(paths)), shape, 4, DataConfig(**kw)))
     taken = {k: data_module.routes_taken[k] - before.get(k, 0) for k in ("fast", "pillow")}
-    assert all(b["ok"].numpy().all() for b in batches), [b["error"].numpy() for b in batches]
-    return np.concatenate([b["image"].numpy() for b in batches]), taken
+    assert all(b["ok"].numpy().all() for b in found), [b["error"].numpy() for b in found]
+    return np.concatenate([b["image"].numpy() for b in found]), taken
 
 
 def _pillow(path: str, shape: tuple[int, int, int]) -> np.ndarray:
-    image, _, _, ok, error = load_example(path, shape[:2], shape[2], 0, BIG)
-    assert ok, error
-    return image
+    """The Pillow route's image: every row read by Pillow, resized in the graph."""
+    found = next(iter(make_dataset([path], None, shape, 1, DataConfig(), pillow_only=True)))
+    assert found["ok"].numpy().all(), found["error"].numpy()
+    return found["image"].numpy()[0]
+
+
+def _by_hand(path: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """An independent reference: Pillow decodes (libjpeg's scale as Image.draft picks it),
+    tf.image.resize resizes, rounded to the nearest level."""
+    with Image.open(path) as im:
+        im.draft("RGB", (max(shape[:2]), max(shape[:2])))
+        im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
+        im = im.convert("L") if shape[2] == 1 else im
+        pixels = np.asarray(im).reshape(im.height, im.width, shape[2])
+    out = tf.image.resize(pixels, shape[:2], method="bilinear", antialias=False)
+    return np.clip(np.round(out.numpy()), 0, 255).astype(np.uint8)
 
 
 CASES = {
@@ -87,6 +93,7 @@ def test_fast_route_gives_pillow_pixels(tmp_path, name):
         images, taken = _routes([path], shape)
         assert taken == {"fast": 1, "pillow": 0}, (name, shape, taken)
         np.testing.assert_array_equal(images[0], _pillow(path, shape), err_msg=f"{shape}")
+        np.testing.assert_array_equal(images[0], _by_hand(path, shape), err_msg=f"{shape}")
 
 
 @pytest.mark.parametrize("orientation", [3, 6, 8])
@@ -132,18 +139,16 @@ def test_what_the_sniff_is_unsure_of_takes_pillow(tmp_path, make):
     assert sniff(str(path), BIG, 224)[0] == PILLOW
 
 
-def test_plain_files_take_the_fast_route_and_bases_force_pillow(tmp_path, monkeypatch):
+def test_plain_files_take_the_fast_route_unless_told_otherwise(tmp_path):
     paths = [str(tmp_path / n) for n in ("a.jpg", "b.png", "c.jpg")]
     for path in paths:
         _photo(100, 80).save(path)
     _, taken = _routes(paths, (32, 32, 3))
     assert taken == {"fast": 3, "pillow": 0}
-    monkeypatch.setattr(data_module, "FAST_ROUTE", False)
-    _, taken = _routes(paths, (32, 32, 3))
+    images, taken = _routes(paths, (32, 32, 3), resize="pillow")  # Pillow decodes and resizes
     assert taken == {"fast": 0, "pillow": 3}
-    monkeypatch.setattr(data_module, "FAST_ROUTE", True)
-    _, taken = _routes(paths, (32, 32, 3), base_side=64)  # overlay bases are Pillow images
-    assert taken == {"fast": 0, "pillow": 3}
+    with Image.open(paths[1]) as im:  # the PNG: no libjpeg scaling to mirror
+        np.testing.assert_array_equal(images[1], np.asarray(im.resize((32, 32), Image.BILINEAR)))
 
 
 def _jpeg() -> bytes:
@@ -152,9 +157,9 @@ def _jpeg() -> bytes:
     return buf.getvalue()
 
 
-def test_a_failing_graph_decode_falls_back_to_pillow_for_that_row(tmp_path):
+def test_a_failing_graph_decode_falls_back_to_pillow_for_its_batch(tmp_path):
     """A PNG whose IDAT CRC is wrong passes the sniff; libpng refuses it, Pillow (which does
-    not check IDAT CRCs) decodes it. The row comes out as Pillow makes it; the others stay."""
+    not check IDAT CRCs) decodes it. Its batch is read again by Pillow; the next is not."""
     buf = io.BytesIO()
     _photo(40, 30).save(buf, "PNG")
     raw = bytearray(buf.getvalue())
@@ -164,22 +169,11 @@ def test_a_failing_graph_decode_falls_back_to_pillow_for_that_row(tmp_path):
     raw[at + 4 + length : at + 8 + length] = struct.pack(">I", crc & 0xFFFFFFFF)
     (tmp_path / "crc.png").write_bytes(bytes(raw))
     _photo(40, 30).save(tmp_path / "good.png")
-    paths = [str(tmp_path / "good.png"), str(tmp_path / "crc.png"), str(tmp_path / "good.png")]
-    images, taken = _routes(paths, (16, 16, 3))
-    assert taken == {"fast": 3, "pillow": 1}
+    paths = [str(tmp_path / "good.png"), str(tmp_path / "crc.png")] + [
+        str(tmp_path / "good.png")
+    ] * 5
+    images, taken = _routes(paths, (16, 16, 3))  # batches of 4: the first fails in the graph
+    assert taken == {"fast": 7, "pillow": 4}
     np.testing.assert_array_equal(images[1], _pillow(paths[1], (16, 16, 3)))
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_pil_bilinear_is_pillows_resize(seed):
-    """Both pass orders (Pillow 13 runs the vertical pass first when the height shrinks most),
-    up- and downscaling, 1 and 3 channels: every pixel equal."""
-    rng = np.random.default_rng(seed)
-    resize = tf.function(pil_bilinear, reduce_retracing=True)
-    for _ in range(8):
-        h, w, oh, ow = (int(v) for v in rng.integers(1, 600, 4))
-        channels = int(rng.choice([1, 3]))
-        pixels = rng.integers(0, 256, (h, w, channels), np.uint8)
-        want = Image.fromarray(pixels if channels == 3 else pixels[..., 0])
-        want = np.asarray(want.resize((ow, oh), Image.BILINEAR)).reshape(oh, ow, channels)
-        np.testing.assert_array_equal(resize(tf.constant(pixels), oh, ow).numpy(), want)
+    for i in (0, 2, 3, 4, 5, 6):
+        np.testing.assert_array_equal(images[i], images[0])
