@@ -48,7 +48,7 @@ def build_metrics(
         tf.TensorSpec((None,), tf.int32),
     ]
 
-    @tf.function(input_signature=signature, reduce_retracing=True)
+    @tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
     def metrics(images: tf.Tensor, maps: tf.Tensor, targets: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.cast(images, tf.float32)  # (B,H,W,C)
         curves = _curve_aucs(forward, names, steps, pixels, maps, targets)

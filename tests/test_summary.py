@@ -61,7 +61,6 @@ def _batch(ranks: int, rng: np.random.Generator) -> BatchResult:
         map=rng.random((*shape, 4, 4)).astype(np.float32),
         map_input=rng.random((*shape, 8, 8)).astype(np.float32),
         stats=stats,
-        colour=None,
         guided=None,
     )
     return BatchResult(

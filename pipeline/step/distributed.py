@@ -14,9 +14,9 @@ def distributed(
     step: Callable, strategy: tf.distribute.Strategy, signature: list, jit_compile: bool
 ) -> Callable[..., StepOutputs]:
     """Split each batch into equal per-replica slices (padded), run them, gather in order."""
-    inner = tf.function(step, jit_compile=jit_compile)
+    inner = tf.function(step, jit_compile=jit_compile, autograph=False)
 
-    @tf.function(input_signature=signature, reduce_retracing=True)
+    @tf.function(input_signature=signature, reduce_retracing=True, autograph=False)
     def run(images, labels, boxes, box_valid, tolerance):
         b = tf.shape(images)[0]
         parts = _split(strategy, [images, labels, boxes, box_valid, tolerance])

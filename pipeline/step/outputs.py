@@ -26,7 +26,6 @@ class Explanation(NamedTuple):
     map: Array  # (B,h,w) float32 in [0,1]: on the target layer's grid
     map_input: Array  # (B,H,W) float32 in [0,1]: bilinear upsampling to the model input
     stats: Any  # pipeline.stats.AttentionStats: one (B,) tensor per attention statistic
-    colour: Array | None  # (B,H,W,3) uint8: jet(map_input), when overlays are drawn
     guided: Array | None  # (B,H,W,C) float32: guided backprop x map_input (guided_gradcam)
 
 
