@@ -123,12 +123,17 @@ def write_overlay_paths(out: Path, paths: pd.Series) -> None:
 
 
 def report_rows(
-    classes: pd.DataFrame, clusters: pd.DataFrame, summary: pd.DataFrame, per_cluster: int
+    classes: pd.DataFrame,
+    clusters: pd.DataFrame,
+    summary: pd.DataFrame,
+    per_cluster: int,
+    misclassified: list[int],
 ) -> list[int]:
-    """Positions (rank 0) of the rows report.html shows: the flagged classes' examples and the
-    first `per_cluster` examples of each of their strategy clusters."""
+    """Positions (rank 0) of the rows report.html shows: the flagged classes' examples, the
+    first `per_cluster` examples of each of their strategy clusters and the misclassified
+    examples (rows)."""
     flagged = classes[classes["flagged"]]
-    wanted = {int(r) for examples in flagged["examples"] for r in examples}
+    wanted = {int(r) for examples in flagged["examples"] for r in examples} | set(misclassified)
     if "example_rows" in clusters.columns and len(clusters):
         own = clusters[clusters["class_index"].isin(flagged["class_index"])]
         wanted |= {int(r) for rows in own["example_rows"] for r in list(rows)[:per_cluster]}

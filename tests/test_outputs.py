@@ -13,8 +13,10 @@ from conftest import custom_model, write_csv
 from PIL import Image
 
 from pipeline.cli.overlays import main as overlays_main
+from pipeline.config import ReportConfig
 from pipeline.outputs import jet_lut
 from pipeline.overlays import blend_map, overlay_mode, report_rows
+from pipeline.report.audit import misclassified_rows
 from pipeline.report.html import CLUSTER_EXAMPLES
 from pipeline.run import run
 
@@ -43,8 +45,8 @@ def test_overlay_mode():
 @pytest.fixture
 def audit(tmp_path, image_folder, model_files, make_cfg):
     paths = image_folder(12, seed=3, size=(64, 48))
-    rows = [f"images/{p.name},r{i},class_{i % 3}" for i, p in enumerate(paths)]
-    rows.append("images/missing.png,gone,class_0")
+    rows = [f"images/{p.name},r{i},{i % 3}" for i, p in enumerate(paths)]  # class indices
+    rows.append("images/missing.png,gone,0")
     manifest = write_csv(tmp_path / "m.csv", "path,id,label", rows)
 
     def go(name: str, *overrides: str):
@@ -73,8 +75,13 @@ def test_each_select_mode_writes_exactly_its_overlays_and_the_command_renders_th
     rep, s_rep = audit("report", "overlays.select=auto", "overlays.max_rows_all=5")
     classes = pd.read_parquet(rep / "classes.parquet")
     clusters = pd.read_parquet(rep / "clusters.parquet")
-    wanted = report_rows(classes, clusters, s_rep, CLUSTER_EXAMPLES)
-    # (this random model flags nothing, so the report shows no example: see the unit test below)
+    wrong = misclassified_rows(s_rep, ReportConfig().misclassified)
+    wanted = report_rows(classes, clusters, s_rep, CLUSTER_EXAMPLES, wrong)
+    # the random model's mistakes are among the rows shown (the unit test below covers the
+    # flagged classes' and clusters' examples)
+    mistakes = s_rep[(s_rep["status"] == "ok") & s_rep["correct"].eq(False)]
+    assert len(wrong) > 0 and sorted(wrong) == sorted(mistakes["row"])  # all (<= 12 of them)
+    assert set(wrong) <= set(s_rep["row"].iloc[wanted])
     assert set(s_rep["overlay_path"].dropna()) == set(s_rep["overlay_path"].iloc[wanted])
     assert _overlays(rep) == set(s_rep["overlay_path"].dropna()) and len(_overlays(rep)) == len(
         wanted
@@ -94,7 +101,7 @@ def test_each_select_mode_writes_exactly_its_overlays_and_the_command_renders_th
         assert (none / rel).read_bytes() == (every / rel).read_bytes(), rel
 
 
-def test_report_rows_are_the_flagged_classes_and_their_clusters_examples():
+def test_report_rows_are_the_flagged_classes_and_their_clusters_and_the_misclassified():
     classes = pd.DataFrame(
         {"class_index": [0, 1], "flagged": [True, False], "examples": [[3, 5], [7]]}
     )
@@ -102,8 +109,8 @@ def test_report_rows_are_the_flagged_classes_and_their_clusters_examples():
         {"class_index": [0, 1], "cluster": [0, 0], "example_rows": [[5, 6, 8, 9, 10], [11]]}
     )
     summary = pd.DataFrame({"row": np.repeat(np.arange(12), 2), "rank": [0, 1] * 12})
-    positions = report_rows(classes, clusters, summary, per_cluster=3)
-    assert summary.iloc[positions]["row"].tolist() == [3, 5, 6, 8]  # not 9, 10 (cap), 7, 11
+    positions = report_rows(classes, clusters, summary, per_cluster=3, misclassified=[1, 3])
+    assert summary.iloc[positions]["row"].tolist() == [1, 3, 5, 6, 8]  # not 9, 10 (cap), 7, 11
     assert (summary.iloc[positions]["rank"] == 0).all()
 
 

@@ -533,3 +533,21 @@ def test_report_escapes_class_names_and_reasons(strategy_run):
     page = (strategy_run / "report.html").read_text()
     assert "<b>bird</b>" not in page and "&lt;b&gt;bird&lt;/b&gt;" in page
     assert "fish &amp; &#x27;chips&#x27;" in page and "fish & 'chips'" not in page
+
+
+def test_misclassified_examples_are_the_most_confident_mistakes(synthetic_run):
+    """The 4 cats taken for dogs (pred_score grows with the row), most confident first; the
+    section lists them (no overlays in this run) and disappears with report.misclassified=0."""
+    summary = pd.read_parquet(synthetic_run / "summary.parquet")
+    ok = summary[summary["status"] == "ok"]
+    mistakes = ok[ok["pred_index"] != ok["label_index"]]
+    want = mistakes.sort_values("pred_score", ascending=False)["row"].tolist()
+    assert len(want) == 4
+    assert build_audit(synthetic_run, ReportConfig()).misclassified == want
+    page = (synthetic_run / "report.html").read_text()
+    assert "Misclassified examples (4)" in page
+    for row in want:
+        assert f"img{row} · cat → dog (0.5" in page
+    assert build_audit(synthetic_run, ReportConfig(misclassified=2)).misclassified == want[:2]
+    assert build_audit(synthetic_run, ReportConfig(misclassified=0)).misclassified == []
+    assert "Misclassified examples" not in (synthetic_run / "report.html").read_text()

@@ -140,6 +140,13 @@ def _examples(ok: pd.DataFrame, key: pd.Series, cls: int, k: int) -> list[int]:
     return part["row"].head(k).astype(int).tolist()  # rows, not ids: ids may repeat
 
 
+def misclassified_rows(summary: pd.DataFrame, k: int) -> list[int]:
+    """The k most confident wrong predictions (rank 0, ok, labelled): rows, by pred_score."""
+    first = summary[(summary["rank"].fillna(0) == 0) & (summary["status"] == "ok")]
+    wrong = first[first["correct"].astype("boolean").eq(False).fillna(False)]
+    return wrong.sort_values("pred_score", ascending=False, kind="stable")["row"].head(k).tolist()
+
+
 # ----------------------------------------------------------------------------- tables
 
 
@@ -279,7 +286,8 @@ def build_audit(
         "layer": record.get("model", {}).get("layer"),
         "images_per_second": record.get("timing", {}).get("images_per_second"),
     }
-    audit = Audit(classes, groups, confusion, headline, found)
+    wrong = misclassified_rows(summary, cfg.misclassified)
+    audit = Audit(classes, groups, confusion, headline, found, wrong)
     summary["overlay_path"] = _report_overlays(out, summary, record, audit)
     write_html(out, audit, summary, names)
     log.info(
@@ -300,7 +308,9 @@ def _report_overlays(out: Path, summary: pd.DataFrame, record: dict, audit: Audi
     mode = overlay_mode(o.get("select", "all"), o.get("enabled", True), n, o.get("max_rows_all", 0))
     if mode != "report":
         return summary["overlay_path"]
-    wanted = report_rows(audit.classes, audit.strategies.clusters, summary, CLUSTER_EXAMPLES)
+    wanted = report_rows(
+        audit.classes, audit.strategies.clusters, summary, CLUSTER_EXAMPLES, audit.misclassified
+    )
     todo = [p for p in wanted if not isinstance(summary["overlay_path"].iloc[p], str)]
     if not todo:
         return summary["overlay_path"]

@@ -457,6 +457,27 @@ def _top_confusions(matrix: pd.DataFrame, top: int = 40) -> str:
     )
 
 
+def _misclassified(audit: Audit, summary: pd.DataFrame) -> str:
+    """The most confident wrong predictions: overlays where the run has them, else a list."""
+    if not audit.misclassified:
+        return ""
+    by_row = summary[summary["rank"].fillna(0) == 0].set_index("row")
+    figures, items = [], []
+    for r in audit.misclassified:
+        e = by_row.loc[r]
+        caption = f"{e['id']} · {e['label']} → {e['pred_label']} ({e['pred_score']:.2f})"
+        if isinstance(e["overlay_path"], str):
+            figures.append(_figure(e["overlay_path"], caption, f"row {r}"))
+        else:
+            items.append(f"<li>{esc(caption)}</li>")
+    listed = f"<ul>{''.join(items)}</ul>" if items else ""
+    return (
+        f"<h2 id='misclassified'>Misclassified examples ({len(audit.misclassified)})</h2>"
+        "<p class='note'>The most confident wrong predictions (label → prediction, score), "
+        f"report.misclassified at most.</p><div class='strip'>{''.join(figures)}</div>{listed}"
+    )
+
+
 def write_html(out: Path, audit: Audit, summary: pd.DataFrame, names: dict[int, str]) -> Path:
     """Render the report next to the run's files; every link is relative."""
     page = (
@@ -465,7 +486,7 @@ def write_html(out: Path, audit: Audit, summary: pd.DataFrame, names: dict[int, 
         f"<title>gradcam-audit report</title><style>{CSS}</style></head>"
         "<body data-report='gradcam-audit'>"
         f"{_headline(audit.headline)}<main>{_flagged(audit, summary)}{_class_table(audit)}"
-        f"{_group_table(audit)}{_confusion(audit)}"
+        f"{_group_table(audit)}{_confusion(audit)}{_misclassified(audit, summary)}"
         "<p class='note'>How to read a flag: a class is flagged when its attention is an outlier "
         "against the other classes (robust z-score of the class mean against the median and MAD "
         "of the others, plus a minimum absolute gap): little of the map inside the object box or "

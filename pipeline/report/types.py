@@ -19,3 +19,4 @@ class Audit:
     confusion: pd.DataFrame | None
     headline: dict = field(default_factory=dict)
     strategies: StrategyAudit | None = None
+    misclassified: list[int] = field(default_factory=list)  # rows: most confident mistakes
