@@ -286,9 +286,14 @@ def make_dataset(
     batch_size: int,
     data: DataConfig,
     pillow_only: bool = False,
+    base_side: int = 0,
 ) -> tf.data.Dataset:
     """Batches of `rows` (default: all), in order: dict(row, image, orig_hw, ok, error); `row`
-    indexes `paths`, `image` is (B,H,W,C) uint8 for shape = (H,W,C).
+    indexes `paths`, `image` is (B,H,W,C) uint8 for shape = (H,W,C). With base_side > 0
+    (data.resize=bilinear), also `base` (B,S,S,3) uint8 and `base_hw` (B,2) int32: a fast-route
+    image as decoded, padded to S = base_side, when it is the overlay's base as is (decoded at
+    full scale, longest side <= S: the overlay renderer would decode the same pixels); (0,0)
+    otherwise, and the overlay writer opens the image itself.
 
     data.resize=bilinear: rows are sniffed SNIFF_BATCH at a time (header bytes, in Python);
     plain JPEG/PNG/BMP/GIF files are decoded by TF in the graph, the rest (and all of them with
@@ -307,7 +312,8 @@ def make_dataset(
     else:
         sniffed = _sniff_tf(paths, max(shape[:2]), data.max_pixels, pillow_only)
         ds = ds.batch(SNIFF_BATCH).map(sniffed).unbatch()
-        ds = ds.map(_decode_tf(paths, shape, data.max_pixels), calls, deterministic=True)
+        decode = _decode_tf(paths, shape, data.max_pixels, base_side)
+        ds = ds.map(decode, calls, deterministic=True)
     ds = ds.batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE if prefetch < 0 else prefetch)
 
@@ -318,12 +324,13 @@ def batches(
     shape: tuple[int, int, int],
     batch_size: int,
     data: DataConfig,
+    base_side: int = 0,
 ) -> Iterator[Element]:
     """make_dataset's batches of `rows`; a batch that fails in the graph (TF's decoder refused a
     file the sniff passed, e.g. a PNG with a bad CRC that Pillow reads) is read again with
     Pillow alone, so no file can stop a run."""
     rows = list(rows)
-    found = iter(make_dataset(paths, rows, shape, batch_size, data))
+    found = iter(make_dataset(paths, rows, shape, batch_size, data, base_side=base_side))
     for start in range(0, len(rows), batch_size):
         try:
             yield next(found)
@@ -336,7 +343,7 @@ def batches(
                 again[-1],
                 reason,
             )
-            yield next(iter(make_dataset(paths, again, shape, batch_size, data, True)))
+            yield next(iter(make_dataset(paths, again, shape, batch_size, data, True, base_side)))
 
 
 def _pillow_tf(paths: Sequence[str], shape: tuple[int, int, int], max_pixels: int):
@@ -387,10 +394,10 @@ def _sniff_tf(paths: Sequence[str], side: int, max_pixels: int, pillow_only: boo
     return sniff_tf
 
 
-def _decode_tf(paths: Sequence[str], shape: tuple[int, int, int], max_pixels: int):
+def _decode_tf(paths: Sequence[str], shape: tuple[int, int, int], max_pixels: int, base_side: int):
     """(row, route, orig_hw, path) -> element: decoded by TF (fast routes) or Pillow, then
-    resized by tf_bilinear. The fast route fails when its decoder does or when the decoded size
-    differs from the header's."""
+    resized by tf_bilinear (+ the overlay base, see make_dataset). The fast route fails when
+    its decoder does or when the decoded size differs from the header's."""
     h, w, channels = shape
 
     def load(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
@@ -401,20 +408,37 @@ def _decode_tf(paths: Sequence[str], shape: tuple[int, int, int], max_pixels: in
         image, orig_hw, ok, error = tf.numpy_function(
             load, [row], [tf.uint8, tf.int32, tf.bool, tf.string], stateful=True
         )
-        return tf.ensure_shape(image, (None, None, channels)), orig_hw, ok, error
+        none = tf.zeros((0, 0, 3), tf.uint8)  # no overlay base from this route
+        return tf.ensure_shape(image, (None, None, channels)), none, orig_hw, ok, error
 
     def fast(kind: tf.Tensor, orig_hw: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        image = decode_fast(tf.io.read_file(path), kind)  # (h0,w0,3)
+        rgb = decode_fast(tf.io.read_file(path), kind)  # (h0,w0,3)
         ratio = tf.where(kind <= JPEG_8, tf.bitwise.left_shift(1, kind - JPEG_1), 1)
         expect = -(-orig_hw // ratio)  # libjpeg's scaled size rounds up, as Pillow's draft
-        with tf.control_dependencies([tf.debugging.assert_equal(tf.shape(image)[:2], expect)]):
-            image = pil_luma(image) if channels == 1 else tf.identity(image)
-        return image, orig_hw, tf.constant(True), tf.constant("")
+        with tf.control_dependencies([tf.debugging.assert_equal(tf.shape(rgb)[:2], expect)]):
+            image = pil_luma(rgb) if channels == 1 else tf.identity(rgb)
+        return image, rgb, orig_hw, tf.constant(True), tf.constant("")
 
     def decode_tf(row: tf.Tensor, kind: tf.Tensor, orig_hw: tf.Tensor, path: tf.Tensor) -> Element:
-        image, orig_hw, ok, error = tf.cond(
+        image, rgb, orig_hw, ok, error = tf.cond(
             kind == PILLOW, lambda: pillow(row), lambda: fast(kind, orig_hw, path)
         )
-        return _element(row, tf_bilinear(image, h, w), orig_hw, ok, error)
+        element = _element(row, tf_bilinear(image, h, w), orig_hw, ok, error)
+        if base_side:
+            element["base"], element["base_hw"] = _overlay_base(rgb, orig_hw, base_side)
+        return element
 
     return decode_tf
+
+
+def _overlay_base(rgb: tf.Tensor, orig_hw: tf.Tensor, side: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(rgb padded to (side,side,3), its (h,w)) when rgb was decoded at full scale and fits in
+    side; (zeros, (0,0)) otherwise."""
+    hw = tf.shape(rgb)[:2]
+    fits = tf.reduce_all(hw == orig_hw) & (tf.reduce_max(hw) <= side) & (tf.reduce_min(hw) > 0)
+    base = tf.cond(
+        fits,
+        lambda: tf.image.pad_to_bounding_box(rgb, 0, 0, side, side),
+        lambda: tf.zeros((side, side, 3), tf.uint8),
+    )
+    return base, tf.where(fits, hw, tf.zeros(2, tf.int32))

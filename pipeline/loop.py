@@ -144,6 +144,7 @@ class BatchLoop:
         self.boxes_px = table[BOX_COLUMNS].to_numpy(np.float64)  # (N,4)
         self.stems = [safe_name(r, i) for r, i in zip(table["row"], table["id"])]
         self.paths = table["path"].tolist()  # resolved: the overlays re-open the image
+        self.bases: dict[int, np.ndarray | None] = {}  # row -> its overlay base, if tf.data has it
         keras.utils.set_random_seed(settings.seed)
         if settings.deterministic:
             tf.config.experimental.enable_op_determinism()
@@ -202,7 +203,12 @@ class BatchLoop:
     def _dataset(self, todo: list[int]) -> Iterator[dict[str, tf.Tensor]]:
         shape = (*self.loaded.input_size, self.loaded.channels)
         paths = self.table["path"].tolist()
-        return batches(paths, todo, shape, self.s.batch_size, self.s.data)
+        side = self.s.overlay_style.max_side if self._base_side() else 0
+        return batches(paths, todo, shape, self.s.batch_size, self.s.data, side)
+
+    def _base_side(self) -> bool:
+        """Whether tf.data hands the overlay writers their images (select=all, resize=bilinear)."""
+        return self.s.overlay_mode == "all" and self.s.data.resize == "bilinear"
 
     def _compute(self, batch: dict[str, tf.Tensor]) -> BatchResult:
         """One batch through the compiled step (and the metrics); results as numpy."""
@@ -215,6 +221,10 @@ class BatchLoop:
         tolerance = normalise_tolerance(self.s.pointing_tolerance, orig_hw)  # (B,2)
         out = self.step(batch["image"], labels, boxes, box_valid, tolerance)
         metrics = self._metrics(batch["image"], out)
+        if "base" in batch:  # overlay bases, by row, for _write_files on the main thread
+            bases, base_hw = batch["base"].numpy(), batch["base_hw"].numpy()
+            for row, base, (h, w) in zip(rows, bases, base_hw):
+                self.bases[int(row)] = base[:h, :w] if h else None
         result = BatchResult(
             rows, ok, errors, orig_hw, labels, box_warnings, _numpy(out), _numpy(metrics)
         )
@@ -284,8 +294,11 @@ class BatchLoop:
             if self.s.overlay_mode == "all":
                 files.overlay[i] = f"overlays/{stem}.jpg"
                 heat, style = self._as_stored(maps[i]), self.s.overlay_style
-                args = (self.out / files.overlay[i], self.paths[row], heat, style)
+                base = self.bases.get(row)
+                args = (self.out / files.overlay[i], self.paths[row], heat, style, base)
                 futures.append(pool.submit(save_overlay, *args))
+        for row in result.rows:
+            self.bases.pop(int(row), None)
         return files, futures
 
     def _as_stored(self, heat: np.ndarray) -> np.ndarray:

@@ -78,9 +78,19 @@ def render_overlay(image_path: str, heat: np.ndarray, style: OverlayStyle) -> Im
     return blend_map(base, heat, style.alpha)
 
 
-def save_overlay(path: Path, image_path: str, heat: np.ndarray, style: OverlayStyle) -> None:
-    """Render and write one overlay as a JPEG, atomically."""
-    image = render_overlay(image_path, heat, style)
+def save_overlay(
+    path: Path,
+    image_path: str,
+    heat: np.ndarray,
+    style: OverlayStyle,
+    base: np.ndarray | None = None,
+) -> None:
+    """Render and write one overlay as a JPEG, atomically. `base` (h,w,3) uint8: the image as
+    render_overlay would open it, when the caller has it already (data.make_dataset's base)."""
+    if base is not None:
+        image = blend_map(Image.fromarray(base, "RGB"), heat, style.alpha)
+    else:
+        image = render_overlay(image_path, heat, style)
     atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=style.quality))
 
 

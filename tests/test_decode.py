@@ -15,6 +15,7 @@ from PIL import Image
 from pipeline import data as data_module
 from pipeline.config import DataConfig
 from pipeline.data import PILLOW, batches, make_dataset, sniff
+from pipeline.overlays import OverlayStyle, save_overlay
 
 BIG = 10**9
 
@@ -177,3 +178,25 @@ def test_a_failing_graph_decode_falls_back_to_pillow_for_its_batch(tmp_path):
     np.testing.assert_array_equal(images[1], _pillow(paths[1], (16, 16, 3)))
     for i in (0, 2, 3, 4, 5, 6):
         np.testing.assert_array_equal(images[i], images[0])
+
+
+@pytest.mark.parametrize(
+    "name", ["jpeg_q90", "jpeg_gray", "png_palette_alpha", "gif_interlaced", "jpeg_draft_4"]
+)
+def test_overlay_base_from_tf_data_gives_the_renderers_pixels(tmp_path, name):
+    """With every overlay, tf.data hands the writer the decoded image when it is the overlay's
+    base as is; the overlay is then byte-identical to one rendered by re-opening the file.
+    Images decoded at a reduced scale (or larger than the overlay) come without a base."""
+    path = str(tmp_path / f"{name}.img")
+    CASES[name](path)
+    style = OverlayStyle(max_side=512)
+    batch = next(iter(make_dataset([path], None, (224, 224, 1), 1, DataConfig(), base_side=512)))
+    h, w = batch["base_hw"].numpy()[0]
+    heat = np.random.default_rng(0).random((7, 7)).astype(np.float16)
+    if name == "jpeg_draft_4":  # 1600x1200: decoded at 1/4 for the model, 512 for the overlay
+        assert (h, w) == (0, 0)
+        return
+    base = batch["base"].numpy()[0, :h, :w]
+    save_overlay(tmp_path / "from_base.jpg", path, heat, style, base)
+    save_overlay(tmp_path / "reopened.jpg", path, heat, style)
+    assert (tmp_path / "from_base.jpg").read_bytes() == (tmp_path / "reopened.jpg").read_bytes()
