@@ -18,6 +18,7 @@ from pipeline.config import ModelConfig, validate
 from pipeline.demo import ensure_demo
 from pipeline.devices import dtype_policy, make_strategy
 from pipeline.heatmaps import chunk_file
+from pipeline.lock import lock_folder
 from pipeline.loop import BatchLoop, LoopSettings
 from pipeline.manifest import read_manifest
 from pipeline.model import load_model
@@ -50,6 +51,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     out = Path(output_dir if output_dir is not None else cfg.output_dir)
     validate(cfg)
     method = cam.from_config(OmegaConf.to_object(cfg.cam))
+    own = shard_dir(out, cfg.shard.count, cfg.shard.index)  # summary, state, run.json
+    lock_folder(own)  # before any work: one run per folder, held until the process ends
     manifest_path, spec = _inputs(cfg)
     table = read_manifest(manifest_path)
     strategy = make_strategy(cfg.devices)
@@ -57,7 +60,6 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
         loaded = load_model(spec)
     code = target_code(cfg.target, len(loaded.class_names))
     ranks = min(cfg.model.topk, len(loaded.class_names)) if code == TARGET_TOPK else 1
-    own = shard_dir(out, cfg.shard.count, cfg.shard.index)  # summary, state, run.json
     check_writable(own)
     config = OmegaConf.to_container(cfg, resolve=True)
     hashes = input_hashes(manifest_path, spec.path, spec.weights)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.cli.common import check_error_budget, fail, output_dir_parser
 from pipeline.errors import ConfigError
+from pipeline.lock import locked
 from pipeline.shards import merge_and_report
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        rows, errors, kinds, budget = merge_and_report(args.output_dir, args.allow_partial)
+        with locked(args.output_dir):  # one command at a time on a folder (pipeline.lock)
+            rows, errors, kinds, budget = merge_and_report(args.output_dir, args.allow_partial)
     except ConfigError as exc:
         fail(PROG, str(exc))
     print(f"merged {rows} rows ({errors} errors): {args.output_dir / 'summary.parquet'}")
@@ -41,9 +43,10 @@ class MergeShards:
         if not shard or shard.count <= 1:
             return
         try:
-            rows, errors, _, budget = merge_and_report(
-                Path(config.output_dir), bool(config.merge.allow_partial)
-            )
+            with locked(config.output_dir):
+                rows, errors, _, budget = merge_and_report(
+                    Path(config.output_dir), bool(config.merge.allow_partial)
+                )
             if rows and errors / rows > budget:
                 log.warning(
                     "%d of %d rows failed, more than max_error_rate=%s", errors, rows, budget

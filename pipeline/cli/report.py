@@ -6,6 +6,7 @@ import json
 
 from pipeline.cli.common import fail, output_dir_parser
 from pipeline.errors import ConfigError
+from pipeline.lock import locked
 from pipeline.report import audit_settings, build_audit
 
 PROG = "gradcam-audit-report"
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
         saved = (
             json.loads(record_path.read_text()).get("config", {}) if record_path.is_file() else {}
         )
-        build_audit(args.output_dir, *audit_settings(saved, args.overrides))
+        with locked(args.output_dir):  # not while a run or a merge writes there
+            build_audit(args.output_dir, *audit_settings(saved, args.overrides))
     except ConfigError as exc:
         fail(PROG, str(exc))
     except Exception as exc:  # omegaconf validation of overrides
