@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+# the user's own TF_CPP_MIN_LOG_LEVEL, if any (pipeline.quiet keeps it); then our default
+USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
 
 __version__ = "0.1.0"

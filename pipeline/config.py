@@ -170,6 +170,8 @@ class Config:
     max_error_rate: float = 0.05  # exit code 3 when a larger share of rows are errors
     progress: bool = True  # tqdm bar
     writer_threads: int = 2  # threads writing .npy and overlay files
+    stop_grace_s: float = 30.0  # after SIGTERM/SIGINT: seconds to finish the chunk in flight
+    log_level: str = "info"  # info: no TensorFlow C++ lines or known warnings; debug: everything
 
 
 OVERLAY_MODES = ("auto", "all", "report", "none")
@@ -208,6 +210,8 @@ def _check_run(cfg: Any) -> None:
         ("devices", cfg.devices in ("auto", "all"), "auto or all"),
         ("precision", cfg.precision in ("float32", "mixed_float16"), "float32 or mixed_float16"),
         ("max_error_rate", 0.0 <= cfg.max_error_rate <= 1.0, "a value in [0, 1]"),
+        ("stop_grace_s", cfg.stop_grace_s >= 0, "a value >= 0 (seconds)"),
+        ("log_level", cfg.log_level in ("info", "debug"), "info or debug"),
         (
             "stats.pointing_tolerance",
             cfg.stats.pointing_tolerance >= 0,

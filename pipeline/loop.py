@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,11 +20,13 @@ import pyarrow as pa
 import tensorflow as tf
 from tqdm import tqdm
 
+from pipeline import stop
 from pipeline.boxes import normalise_boxes, normalise_tolerance
 from pipeline.cam.base import CamMethod
 from pipeline.concurrency import one_ahead, writer_pool
 from pipeline.config import DataConfig, HeatmapsConfig, MetricsConfig
 from pipeline.data import batches
+from pipeline.errors import Stopped
 from pipeline.faults import checkpoint
 from pipeline.heatmaps import CHUNK_DTYPE, chunk_file, write_chunk
 from pipeline.manifest import BOX_COLUMNS, resolve_labels
@@ -68,6 +71,7 @@ class LoopSettings:
     overlay_mode: str  # all: every ok row's overlay now; report or none: none now
     overlay_style: OverlayStyle
     metrics: MetricsConfig
+    stop_grace_s: float = 30.0  # after a stop signal: time left to finish the chunk in flight
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,10 @@ class Committer:
 
     def add(self, batch: Pending) -> None:
         self.pending.append(batch)
+
+    def open_chunks(self) -> set[int]:
+        """Chunks with batches handed over but not yet committed."""
+        return {p.chunk for p in self.pending} | set(self.parts)
 
     def flush(self, limit: int) -> None:
         """Wait for the oldest batches' files until at most `limit` are pending; commit."""
@@ -185,17 +193,40 @@ class BatchLoop:
         dataset = self._dataset(todo)
         start, first = time.perf_counter(), None
         try:
-            for result in one_ahead(self._compute, dataset):
-                committer.add(self._emit(result, pool))
-                committer.flush(PENDING_BATCHES)
-                first = first or (time.perf_counter() - start, len(result.rows))
-                bar.update(len(result.rows))
-            committer.flush(0)
+            with closing(one_ahead(self._compute, dataset)) as results:
+                for result in results:
+                    if self._stopping(committer, result):
+                        break  # a stop signal: this batch starts a new chunk, or time is up
+                    committer.add(self._emit(result, pool))
+                    committer.flush(PENDING_BATCHES)
+                    first = first or (time.perf_counter() - start, len(result.rows))
+                    bar.update(len(result.rows))
+                    if stop.requested() and not committer.open_chunks():
+                        break  # the chunk in flight is committed
+            committer.flush(0)  # after a stop: a chunk left incomplete is not committed
         finally:
             bar.close()
             pool.shutdown(wait=True, cancel_futures=True)
+        stopped = self._stopped() if stop.requested() else None
+        if stopped is not None and stopped.rows_done < stopped.rows:
+            raise stopped  # (a stop during the last chunk lets the run finish)
         first_seconds, first_rows = first or (0.0, 0)
         return Timing(len(todo), time.perf_counter() - start, first_seconds, first_rows)
+
+    def _stopping(self, committer: Committer, result: BatchResult) -> bool:
+        """After a stop signal: True for a batch of a chunk not yet begun, or when
+        stop_grace_s is up (the chunk in flight is then left to the next run)."""
+        if not stop.requested():
+            return False
+        if stop.expired(self.s.stop_grace_s):
+            log.warning("stop_grace_s=%s is up: the chunk in flight is left", self.s.stop_grace_s)
+            return True
+        return self.store.chunk_of(int(result.rows[0])) not in committer.open_chunks()
+
+    def _stopped(self) -> Stopped:
+        """What a stopped run reports: its signal and the rows committed so far."""
+        done = sum(len(self.store.chunk_rows_of(c)) for c in self.store.committed())
+        return Stopped(stop.requested() or "a signal", done, self.store.n_rows)
 
     def _rows(self, chunk: int) -> list[int]:
         return [int(r) for r in self.store.chunk_rows_of(chunk)]

@@ -34,6 +34,8 @@ VOLATILE = {
     "merge",
     "devices",
     "jit_compile",
+    "stop_grace_s",
+    "log_level",
 }
 VOLATILE_DATA = {"num_parallel_calls", "prefetch"}
 

@@ -113,6 +113,7 @@ def _settings(cfg: DictConfig, code: int, n_rows: int) -> LoopSettings:
         overlay_mode=overlay_mode(o.select, o.enabled, n_rows, o.max_rows_all),
         overlay_style=OverlayStyle(o.max_side, o.alpha, o.quality, cfg.data.max_pixels),
         metrics=OmegaConf.to_object(cfg.metrics),
+        stop_grace_s=float(cfg.stop_grace_s),
     )
 
 

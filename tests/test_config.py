@@ -27,6 +27,8 @@ CUSTOM = ["model=custom", "model.path=m.keras", "data.manifest=m.csv"]
         (["devices=gpu"], "devices='gpu'; expected auto or all"),
         (["precision=half"], "precision='half'; expected float32 or mixed_float16"),
         (["max_error_rate=2"], "max_error_rate=2.0; expected a value in [0, 1]"),
+        (["stop_grace_s=-1"], "stop_grace_s=-1.0; expected a value >= 0 (seconds)"),
+        (["log_level=warning"], "log_level='warning'; expected info or debug"),
         (["stats.pointing_tolerance=-1"], "stats.pointing_tolerance=-1.0; expected a value >= 0"),
         (["model.score=softmax"], "model.score='softmax'; expected logits or probs"),
         (["model.topk=0"], "model.topk=0; expected a positive integer"),

@@ -1,11 +1,14 @@
 """`gradcam-audit` (also `python -m pipeline`): the Hydra shell around pipeline.run.run.
 
 Exit codes (pipeline.errors): 0 done; 1 outputs could not be written (rerun to resume);
-2 a bad config or input, before any work; 3 more rows failed than max_error_rate.
+2 a bad config or input, or output_dir in use by another run, before any work; 3 more rows
+failed than max_error_rate; 75 stopped by SIGTERM/SIGINT after committing the chunk in flight
+(rerun to resume).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import hydra
@@ -13,11 +16,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import CONF_DIR
+from pipeline import CONF_DIR, quiet, stop
 from pipeline.cli.common import check_error_budget, fail, one_line
 from pipeline.config import register_configs, validate
-from pipeline.errors import EXIT_CONFIG, EXIT_FAILED, ConfigError
+from pipeline.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_STOPPED, ConfigError, Stopped
+from pipeline.lock import lock_folder
 
+log = logging.getLogger(__name__)
 PROG = "gradcam-audit"
 
 
@@ -39,10 +44,28 @@ def precheck(argv: list[str]) -> None:
         fail(PROG, f"bad config: {one_line(exc)}")
     try:
         validate(cfg)
+        quiet.setup(cfg.log_level)  # before _check_cam imports TensorFlow
         _check_cam(cfg)
     except ConfigError as exc:
         fail(PROG, str(exc))
     _check_shard_output(cfg)
+    _lock(cfg)
+
+
+def _lock(cfg: DictConfig) -> None:
+    """Take the run's folder before Hydra writes into it (its .hydra/ and log), so a second
+    run on the folder stops here and writes nothing. A ${now:...} folder is new to this run:
+    run() takes it (Hydra resolves the time itself)."""
+    raw = OmegaConf.to_container(cfg, resolve=False).get("output_dir")
+    if "${" in str(raw):
+        return
+    # here: pipeline.shards loads pandas and the report (2 s) that --help never needs
+    from pipeline.shards import shard_dir
+
+    try:
+        lock_folder(shard_dir(cfg.output_dir, cfg.shard.count, cfg.shard.index))
+    except ConfigError as exc:
+        fail(PROG, str(exc))
 
 
 def _check_cam(cfg: DictConfig) -> None:
@@ -62,17 +85,23 @@ def _check_shard_output(cfg: DictConfig) -> None:
 def task(cfg: DictConfig) -> None:
     """The Hydra task: run, then print where the outputs are and the per-class table."""
     _Started.task = True
+    quiet.setup(cfg.log_level)  # again: a multirun's jobs do not pass through precheck
     from pipeline.run import run  # here, not at the top: keeps TensorFlow out of --help
 
     _check_shard_output(cfg)  # again: a multirun's jobs do not pass through precheck
     out = cfg.output_dir if cfg.shard.count > 1 else HydraConfig.get().runtime.output_dir
     try:
-        result = run(cfg, out)
+        with stop.install():
+            result = run(cfg, out)
     except ConfigError as exc:
         fail(PROG, str(exc))
     except OSError as exc:
         message = "everything committed so far is kept: run the same command again to resume"
         fail(PROG, f"cannot write outputs ({exc}); {message}", code=EXIT_FAILED)
+    except Stopped as exc:
+        log.warning("%s; run the same command again to resume", exc)
+        stop.forward()  # under submitit: its handler requeues the job (and exits)
+        sys.exit(EXIT_STOPPED)
     print(
         f"\naudited {result.rows} rows: {result.ok} ok, {result.errors} errors "
         f"in {result.seconds:.1f} s"
