@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.faults import checkpoint
 from pipeline.outputs import atomic_write, read_map
 
 MAP_COLUMNS = ["heatmap_path", "heatmap_file", "heatmap_index"]
@@ -24,9 +25,16 @@ def chunk_file(first_row: int, chunk_rows: int) -> str:
 def write_chunk(path: Path, maps: np.ndarray) -> None:
     """One chunk's maps (n,h,w) as float16, atomically: a crash leaves no half file."""
 
-    def write(tmp: str) -> None:
+    array = np.ascontiguousarray(maps, CHUNK_DTYPE)
+
+    def write(tmp: str) -> None:  # the bytes of np.save, in two halves (see faults "chunk")
+        data = array.reshape(-1).view(np.uint8)
         with open(tmp, "wb") as f:
-            np.save(f, np.asarray(maps, CHUNK_DTYPE))
+            header = np.lib.format.header_data_from_array_1_0(array)
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(data[: len(data) // 2])
+            checkpoint("chunk")  # a disk that fills up half way through the array
+            f.write(data[len(data) // 2 :])
 
     atomic_write(path, write)
 

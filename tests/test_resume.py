@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import SIZE, custom_model, noise_pngs, run_cli, write_csv
 
-from pipeline import load_heatmaps
+from pipeline import faults, load_heatmaps
 from pipeline.errors import ConfigError
 from pipeline.faults import ENV
 from pipeline.resume import PARTS
@@ -24,6 +24,10 @@ ROWS = 60  # with batch_size=4 and chunk_batches=2: 8 chunks of 8 rows
 
 @pytest.fixture
 def dataset(tmp_path):
+    return make_dataset(tmp_path)
+
+
+def make_dataset(tmp_path):
     """60 rows: 56 small PNGs (some with boxes), 2 missing files, 1 text file, 1 duplicate."""
     folder = tmp_path / "img"
     noise_pngs(folder, 56, seed=1)
@@ -132,6 +136,32 @@ def test_disk_full_mid_run_then_rerun_completes(
     monkeypatch.delenv(ENV)
     result = run(cfg, out)
     assert result.rows == ROWS
+    assert_same_results(clean, out)
+
+
+@pytest.mark.parametrize("nth", [1, 3])
+def test_disk_full_half_way_through_a_chunk_array_then_rerun_is_identical(
+    model_files, dataset, make_cfg, tmp_path, monkeypatch, nth
+):
+    """The disk fills up with half of a chunk's map array written (heatmaps/chunk-*.npy):
+    that chunk is not committed, nothing that looks whole is half written, and a rerun after
+    space is freed completes identically."""
+    clean = tmp_path / "clean"
+    run(make_cfg(*_args(model_files, dataset, clean)), clean)
+    out = tmp_path / "full"
+    cfg = make_cfg(*_args(model_files, dataset, out))
+    faults.reset()
+    monkeypatch.setenv(ENV, f"chunk:{nth}:enospc")  # the nth chunk array, half written
+    with pytest.raises(OSError, match="No space left"):
+        run(cfg, out)
+    assert len(list((out / PARTS).glob("part-*.parquet"))) == nth - 1
+    assert not (out / "summary.parquet").exists() and not list(out.rglob("*.tmp"))
+    arrays = sorted((out / "heatmaps").iterdir())
+    assert [a.name for a in arrays] == [f"chunk-{c:06d}.npy" for c in range(nth - 1)]
+    for heat in arrays:  # every chunk file present is whole
+        assert np.load(heat).shape == (8, SIZE // 2, SIZE // 2)
+    monkeypatch.delenv(ENV)
+    assert run(cfg, out).rows == ROWS
     assert_same_results(clean, out)
 
 
