@@ -28,6 +28,18 @@ process:
 wall seconds, that process's peak RSS, the clusters and eigengap found, whether the corner group
 came back whole (Jaccard of the best cluster), and a second, instrumented run's time per stage.
 
+    python scripts/benchmark.py --soak N [--shards 2] [--kills 3] [--batch-size 32]
+                                [--soak-images 3000] [--soak-chunk-batches 8] [--set KEY=VALUE]
+
+instead soaks the whole run as a user's overnight job would see it: a manifest of N rows with
+unique ids cycling over --soak-images generated 32x32 PNGs, the tiny model of --memory, each
+shard as its own `python -m pipeline` process (overlays.select=none, report.enabled=false: the
+run's own work at scale, not the report's), SIGKILLed --kills times in all
+(GRADCAM_AUDIT_FAULT=commit:k, spread over the shards and their chunks) and resumed, then merged
+by gradcam-audit-merge. Reports rows/s, each process's peak RSS and RSS over its run (sampled
+from /proc), the files and bytes in the output folder, and whether every row id is in the merged
+summary exactly once (exit code 1 when not).
+
     python scripts/benchmark.py --host [--n 3072] [--repeat 3]
 
 instead times the host's work per image, the regime of a GPU machine where model compute is
@@ -415,13 +427,20 @@ def stage_seconds(clock: dict[str, float], total: float) -> dict[str, float]:
     return dict(zip(STAGES, [*stages, total - sum(stages)]))
 
 
-def _memory_mb(field: str) -> float:
-    """A field of /proc/self/status (VmHWM: peak RSS, VmRSS: now) in MB; ru_maxrss elsewhere."""
-    status = Path("/proc/self/status")
+def _memory_mb(field: str, pid: int | str = "self") -> float:
+    """A field of /proc/<pid>/status (VmHWM: peak RSS, VmRSS: now) in MB; this process's
+    ru_maxrss where there is no /proc; 0 for a process that has just ended."""
+    status = Path(f"/proc/{pid}/status")
     if status.exists():
-        for line in status.read_text().splitlines():
+        try:
+            text = status.read_text()
+        except OSError:  # the process ended between the check and the read
+            return 0.0
+        for line in text.splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
+    if pid != "self":  # another process without the field (ended: a zombie has none)
+        return 0.0
     import resource  # here, not at the top: there is no resource module on Windows
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -926,6 +945,189 @@ def print_memory(peaks: dict[int, float], sizes: Sequence[int]) -> None:
     )
 
 
+# ----------------------------------------------------------------------------- soak
+
+SOAK_IMAGES = 3000  # distinct tiny PNGs the soak's manifest cycles over
+SOAK_SETTINGS = ("progress=false", "report.enabled=false", "overlays.select=none")
+
+
+@dataclass
+class SoakProcess:
+    """One `gradcam-audit` process of the soak: how it ended, its wall time and memory."""
+
+    shard: int
+    fault: str | None  # GRADCAM_AUDIT_FAULT it ran with (a planned kill), None: to the end
+    code: int
+    seconds: float
+    peak_rss_mb: float  # VmHWM, sampled while it ran
+    rss_mb: list[tuple[float, float]]  # (seconds since its start, VmRSS MB), ~10 samples
+
+
+def soak_benchmark(args: argparse.Namespace) -> int:
+    """N manifest rows over a few thousand tiny PNGs, shard by shard, killed and resumed along
+    the way, then merged; rows/s, peak RSS over time, files, bytes, every row present once."""
+    work = Path(tempfile.mkdtemp(prefix="gradcam-soak-"))
+    try:
+        model = tiny_model(work / "m.keras", args.seed)
+        images = tiny_pngs(work / "images", min(args.soak_images, args.soak), args.seed)
+        manifest = soak_manifest(work / "manifest.csv", images, args.soak)
+        out, start = work / "out", time.perf_counter()
+        processes = []
+        for shard in range(args.shards):
+            processes += soak_shard(args, model, manifest, out, shard)
+        merge_seconds = soak_merge(out) if args.shards > 1 else 0.0
+        seconds = time.perf_counter() - start
+        result = soak_summary(args, out, processes, seconds, merge_seconds)
+    finally:
+        clean_up(work, args.keep)
+    print_soak(result, processes)
+    return 0 if result["every_row_once"] else 1
+
+
+def soak_manifest(path: Path, images: Sequence[Path], n: int) -> Path:
+    """n rows with unique ids (r0000000, ...) cycling over the images."""
+    names = [Path(os.path.relpath(p, path.parent)).as_posix() for p in images]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("id,path\n")
+        f.writelines(f"r{i:07d},{names[i % len(names)]}\n" for i in range(n))
+    return path
+
+
+def soak_overrides(args: argparse.Namespace, model: Path, manifest: Path, out: Path) -> list[str]:
+    """The audit's command-line overrides for one shard (shard.index appended by the caller)."""
+    return [
+        *("model=custom", f"model.path={_quoted(str(model))}", "model.preprocess=unit"),
+        *(f"data.manifest={_quoted(str(manifest))}", f"output_dir={_quoted(str(out))}"),
+        *(f"batch_size={args.batch_size}", f"chunk_batches={args.soak_chunk_batches}"),
+        *(f"shard.count={args.shards}", *SOAK_SETTINGS, *args.set),
+    ]
+
+
+def soak_kills(args: argparse.Namespace, shard: int) -> list[int]:
+    """Where this shard's planned kills land: the k-th chunk commit of each killed process
+    (GRADCAM_AUDIT_FAULT=commit:k), spreading --kills evenly over the shards and their chunks."""
+    from pipeline.shards import shard_rows  # here: light (no TensorFlow), like the top imports
+
+    kills = args.kills // args.shards + (shard < args.kills % args.shards)
+    block = args.batch_size * args.soak_chunk_batches
+    chunks = -(-len(shard_rows(args.soak, args.shards, shard, block=block)) // block)
+    left, plan = chunks, []
+    for k in range(kills, 0, -1):
+        at = max(1, left // (k + 1))  # commits by this process; the at-th one is killed
+        plan.append(at)
+        left -= at - 1  # the killed commit's chunk is lost and redone
+    return plan
+
+
+def soak_shard(
+    args: argparse.Namespace, model: Path, manifest: Path, out: Path, shard: int
+) -> list[SoakProcess]:
+    """Run one shard: killed at its planned commits, resumed, then run to the end."""
+    command = [sys.executable, "-m", "pipeline", *soak_overrides(args, model, manifest, out)]
+    command.append(f"shard.index={shard}")
+    runs = []
+    for fault in [f"commit:{at}" for at in soak_kills(args, shard)] + [None]:
+        run = soak_process(command, fault, out.parent / f"shard{shard}.log", shard)
+        log.info(
+            "shard %d %s: exit %d after %.1f s, peak RSS %.0f MB",
+            *(shard, f"killed at {fault}" if fault else "to the end", run.code, run.seconds),
+            run.peak_rss_mb,
+        )
+        expected = -9 if fault else 0
+        if run.code != expected:
+            raise RuntimeError(f"shard {shard} ({fault}) exited {run.code}, expected {expected}")
+        runs.append(run)
+    return runs
+
+
+def soak_process(
+    command: Sequence[str], fault: str | None, log_path: Path, shard: int
+) -> SoakProcess:
+    """One process, its VmRSS/VmHWM sampled every 0.2 s from /proc while it runs."""
+    env = {k: v for k, v in child_env().items() if k != "GRADCAM_AUDIT_FAULT"}
+    env.update({"GRADCAM_AUDIT_FAULT": fault} if fault else {})
+    start, samples, peak = time.perf_counter(), [], 0.0
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        while proc.poll() is None:
+            rss, hwm = _memory_mb("VmRSS", proc.pid), _memory_mb("VmHWM", proc.pid)
+            peak = max(peak, hwm)
+            samples.append((round(time.perf_counter() - start, 1), round(rss, 1)))
+            time.sleep(0.2)
+    seconds = time.perf_counter() - start
+    kept = samples[:: max(1, len(samples) // 10)]
+    return SoakProcess(shard, fault, proc.returncode, seconds, peak, kept)
+
+
+def soak_merge(out: Path) -> float:
+    """gradcam-audit-merge on the shared folder, as its own process; its wall seconds."""
+    code = "from pipeline.cli.merge import main; main()"
+    start = time.perf_counter()
+    command = [sys.executable, "-c", code, str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=child_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"merge exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def soak_accounting(out: Path, n: int) -> dict:
+    """Every manifest row's id in the merged summary exactly once (and nothing else)."""
+    import pyarrow.parquet as pq  # here, not at the top: only the soak reads Parquet
+
+    ids = pq.read_table(out / "summary.parquet", columns=["id"]).column("id").to_numpy(False)
+    unique, counts = np.unique(ids.astype(str), return_counts=True)
+    expected = np.array([f"r{i:07d}" for i in range(n)])
+    missing = int(len(np.setdiff1d(expected, unique, assume_unique=True)))
+    extra = int(len(np.setdiff1d(unique, expected, assume_unique=True)))
+    duplicated = int((counts > 1).sum())
+    once = len(ids) == n and missing == 0 and extra == 0 and duplicated == 0
+    return {
+        "rows_expected": n,
+        "rows_in_summary": len(ids),
+        "missing": missing,
+        "duplicated": duplicated,
+        "unexpected": extra,
+        "every_row_once": once,
+    }
+
+
+def soak_summary(
+    args: argparse.Namespace,
+    out: Path,
+    processes: Sequence[SoakProcess],
+    seconds: float,
+    merge_seconds: float,
+) -> dict:
+    """The soak's numbers, one dict (the JSON line)."""
+    sizes = [p.stat().st_size for p in out.rglob("*") if p.is_file()]
+    audit_seconds = sum(p.seconds for p in processes)
+    return {
+        "rows": args.soak,
+        "images": min(args.soak_images, args.soak),
+        "shards": args.shards,
+        "kills": sum(p.fault is not None for p in processes),
+        "processes": len(processes),
+        "wall_seconds": round(seconds, 1),
+        "audit_seconds": round(audit_seconds, 1),
+        "merge_seconds": round(merge_seconds, 1),
+        "rows_per_second": round(args.soak / seconds, 1),
+        "peak_rss_mb": round(max(p.peak_rss_mb for p in processes), 1),
+        "files": len(sizes),
+        "bytes": int(sum(sizes)),
+        **soak_accounting(out, args.soak),
+    }
+
+
+def print_soak(result: dict, processes: Sequence[SoakProcess]) -> None:
+    """Each process's end, time and RSS over time; then the JSON line."""
+    print("\nshard  ended             seconds  peak RSS MB  RSS MB over the run (s: MB)")
+    for p in processes:
+        ended = f"killed {p.fault}" if p.fault else f"exit {p.code}"
+        over = ", ".join(f"{t:.0f}: {mb:.0f}" for t, mb in p.rss_mb)
+        print(f"{p.shard:>5d}  {ended:<16}  {p.seconds:>7.1f}  {p.peak_rss_mb:>11.0f}  {over}")
+    print(json.dumps(result))
+
+
 def clean_up(work: Path, keep: bool) -> None:
     """Remove the temp folder, unless --keep."""
     if keep:
@@ -981,6 +1183,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.n = HOST_N if args.host else 256
     if args.n < 1 or args.batch_size < 1 or args.reference_n < 0 or args.repeat < 1:
         parser.error("--n, --batch-size and --repeat must be >= 1, --reference-n >= 0")
+    if args.soak is not None and (args.soak < 1 or args.shards < 1 or args.kills < 0):
+        parser.error("--soak N needs N >= 1, --shards >= 1 and --kills >= 0")
     if args.strategies and min(args.strategies) < 3:
         parser.error("--strategies N needs N >= 3 maps")
     return args
@@ -1010,6 +1214,17 @@ def add_mode_options(parser: argparse.ArgumentParser) -> None:
         "script against `python -m pipeline` variants, on a tiny 224x224 model",
     )
     parser.add_argument(
+        "--soak",
+        type=int,
+        metavar="N",
+        help="instead: N manifest rows over --soak-images tiny PNGs, --shards shards, killed "
+        "--kills times and resumed, merged; rows/s, peak RSS, files, bytes, every row once",
+    )
+    parser.add_argument("--soak-images", type=int, default=SOAK_IMAGES)
+    parser.add_argument("--soak-chunk-batches", type=int, default=8, help="chunk_batches")
+    parser.add_argument("--shards", type=int, default=2, help="--soak: shard.count")
+    parser.add_argument("--kills", type=int, default=3, help="--soak: planned SIGKILLs")
+    parser.add_argument(
         "--methods",
         nargs="*",
         default=None,
@@ -1028,6 +1243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return strategies_benchmark(args.strategies, args.seed, args.keep)
     if args.memory:
         return memory_benchmark(args.memory_sizes, args.seed, args.keep)
+    if args.soak:
+        return soak_benchmark(args)
     if args.methods is not None:
         return methods_benchmark(args)
     if args.host:
