@@ -77,6 +77,19 @@ def release(folder: str | Path) -> None:
 
 
 @contextmanager
+def holding(folder: str | Path):
+    """Hold `folder`'s lock (created if need be) for a block; released after, unless this
+    process held it before (the command line takes it first and keeps it to the end)."""
+    before = Path(folder).resolve() in _held
+    lock_folder(folder)
+    try:
+        yield
+    finally:
+        if not before:
+            release(folder)
+
+
+@contextmanager
 def locked(folder: str | Path):
     """Hold an existing `folder`'s lock for a block (released after, unless it was held
     before); a folder that does not exist is left to the command's own error."""

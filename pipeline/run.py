@@ -18,7 +18,7 @@ from pipeline.config import ModelConfig, validate
 from pipeline.demo import ensure_demo
 from pipeline.devices import dtype_policy, make_strategy
 from pipeline.heatmaps import chunk_file
-from pipeline.lock import lock_folder
+from pipeline.lock import holding
 from pipeline.loop import BatchLoop, LoopSettings
 from pipeline.manifest import read_manifest
 from pipeline.model import load_model
@@ -47,12 +47,17 @@ class RunResult:
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> RunResult:
     """Audit one manifest with one model as configured; resumes what `output_dir` holds."""
-    started = time.perf_counter()
     out = Path(output_dir if output_dir is not None else cfg.output_dir)
     validate(cfg)
-    method = cam.from_config(OmegaConf.to_object(cfg.cam))
     own = shard_dir(out, cfg.shard.count, cfg.shard.index)  # summary, state, run.json
-    lock_folder(own)  # before any work: one run per folder, held until the process ends
+    with holding(own):  # before any work: one run per folder (the command holds it till exit)
+        return _run(cfg, out, own)
+
+
+def _run(cfg: DictConfig, out: Path, own: Path) -> RunResult:
+    """run() in its locked folder `own` (out itself, or a shard's folder in it)."""
+    started = time.perf_counter()
+    method = cam.from_config(OmegaConf.to_object(cfg.cam))
     manifest_path, spec = _inputs(cfg)
     table = read_manifest(manifest_path)
     strategy = make_strategy(cfg.devices)

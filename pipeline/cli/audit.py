@@ -34,7 +34,7 @@ class _Started:
 
 def precheck(argv: list[str]) -> None:
     """Compose and check the config from the command line first, so a bad override or value
-    fails in one line before Hydra creates any folder."""
+    fails in one line before Hydra creates any folder; then take the output folder's lock."""
     if any(arg.startswith("-") for arg in argv):  # --help, --cfg, -m ...: Hydra's own business
         return
     try:
