@@ -35,13 +35,13 @@ def setup(level: str) -> None:
             os.environ[TF_LEVEL] = "0"
         logging.getLogger().setLevel(logging.DEBUG)
         return
-    if USER_TF_LOG_LEVEL is None:
-        os.environ[TF_LEVEL] = "3"  # C++ INFO, WARNING and ERROR lines (FATAL still shows)
     for message, category in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    import_tensorflow()
+    if USER_TF_LOG_LEVEL is None:  # the user's own level is theirs, start-up lines included
+        os.environ[TF_LEVEL] = "3"  # C++ INFO, WARNING and ERROR lines (FATAL still shows)
+        import_tensorflow()
 
 
 def import_tensorflow() -> None:
