@@ -79,14 +79,27 @@ def release(folder: str | Path) -> None:
 @contextmanager
 def holding(folder: str | Path):
     """Hold `folder`'s lock (created if need be) for a block; released after, unless this
-    process held it before (the command line takes it first and keeps it to the end)."""
-    before = Path(folder).resolve() in _held
+    process held it before (the command line takes it first and keeps it to the end). A folder
+    it created that holds nothing but the lock file when the block fails is removed again."""
+    before, created = Path(folder).resolve() in _held, not Path(folder).exists()
     lock_folder(folder)
     try:
         yield
     finally:
         if not before:
             release(folder)
+            if created:
+                _remove_if_empty(Path(folder))
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove `folder` if all it holds is the lock file (a run that failed before any work)."""
+    try:
+        if [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            (folder / LOCK_FILE).unlink()
+            folder.rmdir()
+    except OSError:  # someone else is using it now: leave it
+        pass
 
 
 @contextmanager

@@ -45,6 +45,12 @@ def holder(folder: Path) -> subprocess.Popen:
     return proc
 
 
+def plain_env() -> dict[str, str]:
+    """This environment without TensorFlow's log level (`import pipeline` in this process set
+    one, which a child would take for the user's) and without fault injection."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "GRADCAM_AUDIT"))}
+
+
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file and folder below `folder` with its size and modification time."""
     return {
@@ -64,7 +70,7 @@ def test_second_run_on_a_locked_folder_exits_2_at_start_and_writes_nothing(
     first = holder(out)
     try:
         before = snapshot(out)
-        proc = cli(_args(model_files, dataset, out))
+        proc = run_cli(*_args(model_files, dataset, out), env=plain_env())
         assert proc.returncode == 2, proc.stderr[-2000:]
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and f"pid {first.pid} on " in lines[0], proc.stderr[-2000:]
@@ -181,7 +187,7 @@ def test_a_default_run_prints_no_tensorflow_log_lines_or_warnings(
     images = image_folder(6)
     manifest = tmp_path / "m.csv"
     manifest.write_text("path\n" + "\n".join(str(p) for p in images) + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "GRADCAM_AUDIT"))}
+    env = plain_env()
     args = ["model=custom", f"model.path={model_files['rgb']}", f"data.manifest={manifest}"]
     proc = run_cli(*args, f"output_dir={tmp_path / 'o'}", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
