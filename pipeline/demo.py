@@ -16,6 +16,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw
 
 from pipeline.config import DemoConfig
+from pipeline.quiet import CONSOLE
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ def ensure_demo(demo: DemoConfig) -> DemoAssets:
     assets = DemoAssets(folder / "manifest.csv", folder / "model.keras", folder / "classes.txt")
     if (folder / "done.json").is_file():
         return assets
-    log.info("building the demo once (cached in %s)", folder)
+    log.info("building the demo once (cached in %s)", folder, extra=CONSOLE)
     work = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -35,6 +35,7 @@ from pipeline.model import LoadedModel
 from pipeline.outputs import safe_name, save_guided, save_heatmap
 from pipeline.overlays import OverlayStyle, save_overlay
 from pipeline.provenance import Timing
+from pipeline.quiet import CONSOLE
 from pipeline.resume import ChunkStore
 from pipeline.step.build import build_step
 from pipeline.step.forward import make_forward
@@ -179,7 +180,12 @@ class BatchLoop:
         done = self.store.committed()
         todo = [r for c in range(self.store.n_chunks) if c not in done for r in self._rows(c)]
         if done:
-            log.info("resuming: %d of %d chunks already committed", len(done), self.store.n_chunks)
+            log.info(
+                "resuming: %d of %d chunks already committed",
+                len(done),
+                self.store.n_chunks,
+                extra=CONSOLE,
+            )
         log.info("auditing %d of %d rows -> %s", len(todo), self.store.n_rows, self.out)
         n = self.store.n_rows
         bar = tqdm(
@@ -256,6 +262,8 @@ class BatchLoop:
             bases, base_hw = batch["base"].numpy(), batch["base_hw"].numpy()
             for row, base, (h, w) in zip(rows, bases, base_hw):
                 self.bases[int(row)] = base[:h, :w] if h else None
+        if self.s.heatmaps.resolution != "input":  # (B,H,W) the host never reads: not copied
+            out = out._replace(explanation=out.explanation._replace(map_input=None))
         result = BatchResult(
             rows, ok, errors, orig_hw, labels, box_warnings, _numpy(out), _numpy(metrics)
         )

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from pipeline.config import ModelConfig, check_model
 from pipeline.errors import ConfigError
+from pipeline.quiet import CONSOLE
 
 log = logging.getLogger(__name__)
 
@@ -453,6 +454,7 @@ def load_model(spec: ModelConfig) -> LoadedModel:
         tuple(target.output.shape[1:]),
         len(names),
         "cut after the layer" if tail is not None else "full tape",
+        extra=CONSOLE,
     )
     return LoadedModel(
         model=model,

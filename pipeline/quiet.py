@@ -28,6 +28,22 @@ KNOWN_WARNINGS = [  # (message regex, category): harmless notices of Keras and T
 QUIET_LOGGERS = ("absl", "tensorflow", "h5py", "PIL")  # their Python loggers: errors only
 
 
+CONSOLE = {"console": True}  # log.info(..., extra=CONSOLE): a line the console shows too
+
+
+class ConsoleFilter(logging.Filter):
+    """The console's share of the log (conf/config.yaml's hydra.job_logging): warnings and
+    errors, and the few info lines marked with extra=CONSOLE (the model line, resuming, the
+    demo build); everything with log_level=debug. The log file keeps every info line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (
+            record.levelno >= logging.WARNING
+            or getattr(record, "console", False)
+            or logging.getLogger().isEnabledFor(logging.DEBUG)
+        )
+
+
 def setup(level: str) -> None:
     """Before TensorFlow is imported: quiet (info) or everything (debug)."""
     if level == "debug":

@@ -196,7 +196,9 @@ def test_a_default_run_prints_no_tensorflow_log_lines_or_warnings(
     assert "warning" not in proc.stderr.lower(), proc.stderr[-2000:]
     assert "absl::InitializeLog" not in proc.stderr
     assert "audited 6 rows" in proc.stdout and "per class" in proc.stdout
-    assert (tmp_path / "o" / "gradcam-audit.log").is_file()
+    logged = [line for line in proc.stdout.splitlines() if line.startswith("[20")]
+    assert len(logged) == 1 and "[pipeline.model][INFO] - model " in logged[0], logged
+    assert "auditing 6 of 6 rows" in (tmp_path / "o" / "gradcam-audit.log").read_text()
     debug = run_cli(*args, f"output_dir={tmp_path / 'd'}", "log_level=debug", env=env)
     assert debug.returncode == 0, debug.stderr[-2000:]
     assert any(CPP_LINE.match(line) for line in debug.stderr.splitlines()), debug.stderr[-2000:]
