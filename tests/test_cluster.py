@@ -14,10 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
 from hydra import compose, initialize_config_dir
+from test_report import _box, _ok_row, _on, _write_run
 from test_resume import ROWS, _args, assert_same_results, cli, make_dataset
 
 from pipeline import CONF_DIR
@@ -233,3 +235,24 @@ def test_soak_accounts_for_every_row_once(tmp_path):
     assert result["kills"] == 1 and result["processes"] == 3 and result["shards"] == 2
     assert result["files"] > 0 and result["bytes"] > 0 and result["peak_rss_mb"] > 100
     assert result["rows_per_second"] > 0
+
+
+def test_overlay_command_refuses_a_locked_folder(tmp_path):
+    """gradcam-audit-overlays rewrites summary.parquet: on a folder another process holds it
+    stops with exit 2 naming the holder, and changes nothing."""
+    rng = np.random.default_rng(0)
+    boxes = [_box(rng) for _ in range(3)]
+    rows = [_ok_row(tmp_path, i, i, i, box, _on(box), rng) for i, box in enumerate(boxes)]
+    synthetic_run = _write_run(tmp_path, rows)
+    before = (synthetic_run / "summary.parquet").read_bytes()
+    first = holder(synthetic_run)
+    try:
+        code = "from pipeline.cli.overlays import main; main()"
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(synthetic_run)], capture_output=True, text=True
+        )
+        assert proc.returncode == 2 and f"pid {first.pid}" in proc.stderr, proc.stderr
+    finally:
+        first.kill()
+        first.wait()
+    assert (synthetic_run / "summary.parquet").read_bytes() == before

@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.cli.common import fail, output_dir_parser
+from pipeline.errors import ConfigError
+from pipeline.lock import locked
 from pipeline.overlays import manifest_folder, render_rows, style_of, write_overlay_paths
 
 PROG = "gradcam-audit-overlays"
@@ -47,8 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     record = json.loads((out / "run.json").read_text())
     positions = select(summary, args.where, args.ids)
     style = style_of(record.get("config", {}))
-    paths = render_rows(out, summary, positions, style, manifest_folder(record, out))
-    write_overlay_paths(out, paths)
+    try:
+        with locked(out):  # it rewrites summary.parquet: not while a run, merge or report does
+            paths = render_rows(out, summary, positions, style, manifest_folder(record, out))
+            write_overlay_paths(out, paths)
+    except ConfigError as exc:  # the folder is in use (pipeline.lock)
+        fail(PROG, str(exc))
     done = int(paths.iloc[positions].notna().sum()) if positions else 0
     print(f"rendered {done} of {len(positions)} selected rows into {out / 'overlays'}")
     if done < len(positions):
