@@ -36,8 +36,10 @@ CLASS_COLUMNS = [
     "accuracy_a", "accuracy_b", "similarity_mean", "similarity_median", "mean_map_similarity",
     "peak_shift_median", "border_fraction_a", "border_fraction_b", "energy_in_box_a",
     "energy_in_box_b", "peak_spread_a", "peak_spread_b", "cam_entropy_change",
-    "coverage_change", "accuracy_change", "border_fraction_change", "energy_in_box_change",
-    "peak_spread_change", "moved_from", "moved_to", "moved_share_a", "moved_share_b",
+    "coverage_change", "spread_change", "cam_mean_change", "cam_max_change", "pointing_rate_a",
+    "pointing_rate_b", "centroid_shift_median", "accuracy_change", "border_fraction_change",
+    "energy_in_box_change", "peak_spread_change", "pointing_rate_change", "moved_from",
+    "moved_to", "moved_share_a", "moved_share_b",
     "drift_map", "drift_region", "drift_peaks", "drift_accuracy", "drift", "drift_flagged",
     "drift_reasons", "flagged_a", "flagged_b", "flag_reasons_a", "flag_reasons_b",
     "flag_change", "clusters_a", "clusters_b", "clusters_appeared", "clusters_vanished",
@@ -125,6 +127,9 @@ def test_a_run_compared_with_itself_has_zero_drift(pair, tmp_path):
     assert (rows["cluster_a"] >= 0).all()  # the clusters were compared, and all matched
     assert (classes["drift"] == 0).all() and not classes["drift_flagged"].any()
     assert (classes["mean_map_similarity"] == 1.0).all()
+    class_changes = classes.filter(regex="(_change|_shift_median)$").select_dtypes("number")
+    assert len(class_changes.columns) == 12 and (class_changes.abs().max() == 0).all()
+    assert classes["pointing_rate_a"].between(0, 1).all()  # every row has a box here
     assert classes["drift_reasons"].map(len).eq(0).all()
     assert (classes["flag_change"] == "").all() and classes["flagged_a"].equals(
         classes["flagged_b"]
@@ -152,6 +157,9 @@ def test_attention_moved_to_the_border_is_flagged_in_words(pair, tmp_path):
     assert re.search(r"\d+% of the map in the left eighth vs \d+% before", reasons[0])
     assert classes.loc["bird", "moved_to"] == "the left edge"
     assert classes.loc["bird", "border_fraction_b"] > classes.loc["bird", "border_fraction_a"]
+    # the pointing game: B's bird peaks sit on the edge, off the object box
+    assert classes.loc["bird", "pointing_rate_change"] < -0.5
+    assert classes.loc["bird", "centroid_shift_median"] > 0.1
     assert classes.loc["bird", "flag_change"] == "gained"  # B's own audit flags it
     assert classes.loc["bird", "drift"] > 2 > 0.5 > classes.drop("bird")["drift"].max()
     rows = result.rows

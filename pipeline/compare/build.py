@@ -41,7 +41,9 @@ ROW_COLUMNS = {  # compare.parquet, in order, with their pandas dtypes
     **{"border_fraction_change": "float64", "energy_in_box_a": "float64"},
     **{"energy_in_box_b": "float64", "energy_in_box_change": "float64"},
     **{"cam_entropy_change": "float64", "coverage_change": "float64"},
-    **{"spread_change": "float64", "cluster_a": "int64", "cluster_b": "int64"},
+    **{"spread_change": "float64", "cam_mean_change": "float64", "cam_max_change": "float64"},
+    **{"pointing_hit_a": "boolean", "pointing_hit_b": "boolean"},
+    **{"cluster_a": "int64", "cluster_b": "int64"},
     **{"cluster_changed": "boolean"},
 }
 IGNORED = (  # run.json keys that change no result, or differ on every run

@@ -89,8 +89,12 @@ def class_stats(inputs: ClassInputs, code: int) -> dict:
         stats[f"peak_spread_{side}"] = _rms_spread(part[f"peak_x_{side}"], part[f"peak_y_{side}"])
         peak = (part[f"peak_x_{side}"].astype(float), part[f"peak_y_{side}"].astype(float))
         stats[f"_peak_{side}"] = (peak[0].median(), peak[1].median())
-    for stat in ("cam_entropy", "coverage"):
+    for stat in ("cam_entropy", "coverage", "spread", "cam_mean", "cam_max"):
         stats[f"{stat}_change"] = float(part[f"{stat}_change"].astype(float).mean())
+    for side in ("a", "b"):  # the pointing game's hit rate (rows with a box)
+        hits = part[f"pointing_hit_{side}"].dropna()
+        stats[f"pointing_rate_{side}"] = float(hits.astype(float).mean()) if len(hits) else np.nan
+    stats["centroid_shift_median"] = float(part["centroid_shift"].median()) if len(part) else np.nan
     return {**stats, "_regions": (regions_a, regions_b), "_means": (mean_a, mean_b)}
 
 
@@ -101,6 +105,7 @@ def _changes(s: dict) -> dict:
         "border_fraction_change": s["border_fraction_b"] - s["border_fraction_a"],
         "energy_in_box_change": s["energy_in_box_b"] - s["energy_in_box_a"],
         "peak_spread_change": s["peak_spread_b"] - s["peak_spread_a"],
+        "pointing_rate_change": s["pointing_rate_b"] - s["pointing_rate_a"],
     }
 
 

@@ -17,7 +17,8 @@ from pipeline.outputs import resize_map
 from pipeline.report.audit import class_names_of, load_run
 
 KEYS = ["id", "occurrence", "rank"]
-STATS = ("border_fraction", "energy_in_box", "cam_entropy", "coverage", "spread")
+STATS = ("border_fraction", "energy_in_box", "cam_entropy", "coverage", "spread", "cam_mean")
+STATS += ("cam_max",)  # every attention statistic of the summary but the peak (own columns)
 CHUNK = 2048  # rows whose maps are held at once
 
 
@@ -182,7 +183,7 @@ def ok_with_map(run: Run, pos: np.ndarray) -> np.ndarray:
 
 
 SIDE_COLUMNS = ["status", "error", "pred_label", "pred_score", "correct", "peak_x", "peak_y"]
-SIDE_COLUMNS += ["centroid_x", "centroid_y", "overlay_path", *STATS]
+SIDE_COLUMNS += ["centroid_x", "centroid_y", "overlay_path", "pointing_hit", *STATS]
 
 
 def row_frame(a: Run, b: Run, keys: pd.DataFrame, by: str) -> pd.DataFrame:
