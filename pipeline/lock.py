@@ -77,11 +77,16 @@ def release(folder: str | Path) -> None:
 
 
 @contextmanager
-def holding(folder: str | Path):
+def holding(folder: str | Path, create: bool = True):
     """Hold `folder`'s lock (created if need be) for a block; released after, unless this
     process held it before (the command line takes it first and keeps it to the end). A folder
-    it created that holds nothing but the lock file when the block fails is removed again."""
-    before, created = Path(folder).resolve() in _held, not Path(folder).exists()
+    it created that holds nothing but the lock file when the block fails is removed again.
+    With create=False a folder that does not exist is left to the caller's own error."""
+    path = Path(folder)
+    if not create and not path.is_dir():
+        yield
+        return
+    before, created = path.resolve() in _held, not path.exists()
     lock_folder(folder)
     try:
         yield
@@ -89,7 +94,7 @@ def holding(folder: str | Path):
         if not before:
             release(folder)
             if created:
-                _remove_if_empty(Path(folder))
+                _remove_if_empty(path)
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -102,20 +107,10 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-@contextmanager
 def locked(folder: str | Path):
-    """Hold an existing `folder`'s lock for a block (released after, unless it was held
-    before); a folder that does not exist is left to the command's own error."""
-    before = Path(folder).resolve() in _held
-    if not Path(folder).is_dir():
-        yield
-        return
-    lock_folder(folder)
-    try:
-        yield
-    finally:
-        if not before:
-            release(folder)
+    """Hold an existing `folder`'s lock for a block (the light commands: merge, report,
+    overlays): holding() without creating the folder."""
+    return holding(folder, create=False)
 
 
 def in_use_message(folder: Path) -> str:
