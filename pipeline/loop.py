@@ -186,7 +186,9 @@ class BatchLoop:
                 self.store.n_chunks,
                 extra=CONSOLE,
             )
-        log.info("auditing %d of %d rows -> %s", len(todo), self.store.n_rows, self.out)
+        log.info(  # the progress bar's heading
+            "auditing %d of %d rows -> %s", len(todo), self.store.n_rows, self.out, extra=CONSOLE
+        )
         n = self.store.n_rows
         bar = tqdm(
             total=n,
