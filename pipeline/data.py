@@ -349,17 +349,24 @@ def batches(
 def _pillow_tf(paths: Sequence[str], shape: tuple[int, int, int], max_pixels: int):
     """row -> element through load_example (data.resize=pillow)."""
 
-    def load(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
-        _count("pillow")
-        return load_example(paths[int(row)], shape[:2], shape[2], max_pixels)
-
     def pillow_tf(row: tf.Tensor) -> Element:
-        image, orig_hw, ok, error = tf.numpy_function(
-            load, [row], [tf.uint8, tf.int32, tf.bool, tf.string], stateful=True
+        image, orig_hw, ok, error = _through_pillow(
+            lambda r: load_example(paths[r], shape[:2], shape[2], max_pixels), row
         )
         return _element(row, tf.ensure_shape(image, shape), orig_hw, ok, error)
 
     return pillow_tf
+
+
+def _through_pillow(load_row, row: tf.Tensor) -> list[tf.Tensor]:
+    """(image, orig_hw, ok, error) of one row from load_row(row index), a Pillow loader run
+    in numpy_function (both resize modes' Pillow route)."""
+
+    def load(r: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
+        _count("pillow")
+        return load_row(int(r))
+
+    return tf.numpy_function(load, [row], [tf.uint8, tf.int32, tf.bool, tf.string], stateful=True)
 
 
 def _element(row, image, orig_hw, ok, error) -> Element:
@@ -400,13 +407,9 @@ def _decode_tf(paths: Sequence[str], shape: tuple[int, int, int], max_pixels: in
     its decoder does or when the decoded size differs from the header's."""
     h, w, channels = shape
 
-    def load(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, bytes]:
-        _count("pillow")
-        return load_decoded(paths[int(row)], max(h, w), channels, max_pixels)
-
     def pillow(row: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        image, orig_hw, ok, error = tf.numpy_function(
-            load, [row], [tf.uint8, tf.int32, tf.bool, tf.string], stateful=True
+        image, orig_hw, ok, error = _through_pillow(
+            lambda r: load_decoded(paths[r], max(h, w), channels, max_pixels), row
         )
         none = tf.zeros((0, 0, 3), tf.uint8)  # no overlay base from this route
         return tf.ensure_shape(image, (None, None, channels)), none, orig_hw, ok, error
