@@ -25,7 +25,7 @@ from pipeline.boxes import normalise_boxes, normalise_tolerance
 from pipeline.cam.base import CamMethod
 from pipeline.concurrency import one_ahead, writer_pool
 from pipeline.config import DataConfig, HeatmapsConfig, MetricsConfig
-from pipeline.data import batches
+from pipeline.data import bases, batches
 from pipeline.errors import Stopped
 from pipeline.faults import checkpoint
 from pipeline.heatmaps import CHUNK_DTYPE, chunk_file, write_chunk
@@ -261,9 +261,7 @@ class BatchLoop:
         out = self.step(batch["image"], labels, boxes, box_valid, tolerance)
         metrics = self._metrics(batch["image"], out)
         if "base" in batch:  # overlay bases, by row, for _write_files on the main thread
-            bases, base_hw = batch["base"].numpy(), batch["base_hw"].numpy()
-            for row, base, (h, w) in zip(rows, bases, base_hw):
-                self.bases[int(row)] = base[:h, :w] if h else None
+            self.bases.update(zip(rows.tolist(), bases(batch)))
         if self.s.heatmaps.resolution != "input":  # (B,H,W) the host never reads: not copied
             out = out._replace(explanation=out.explanation._replace(map_input=None))
         result = BatchResult(

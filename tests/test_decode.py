@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipeline import data as data_module
 from pipeline.config import DataConfig
-from pipeline.data import PILLOW, batches, make_dataset, sniff
+from pipeline.data import PILLOW, bases, batches, make_dataset, sniff
 from pipeline.overlays import OverlayStyle, save_overlay
 
 BIG = 10**9
@@ -186,17 +186,22 @@ def test_a_failing_graph_decode_falls_back_to_pillow_for_its_batch(tmp_path):
 def test_overlay_base_from_tf_data_gives_the_renderers_pixels(tmp_path, name):
     """With every overlay, tf.data hands the writer the decoded image when it is the overlay's
     base as is; the overlay is then byte-identical to one rendered by re-opening the file.
-    Images decoded at a reduced scale (or larger than the overlay) come without a base."""
-    path = str(tmp_path / f"{name}.img")
+    Images decoded at a reduced scale (or larger than the overlay) come without a base. The
+    bases of a batch are padded to its longest: a smaller image batched after it keeps its own
+    pixels."""
+    path, small = str(tmp_path / f"{name}.img"), str(tmp_path / "small.png")
     CASES[name](path)
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 9, 3), np.uint8)
+    Image.fromarray(pixels).save(small)
     style = OverlayStyle(max_side=512)
-    batch = next(iter(make_dataset([path], None, (224, 224, 1), 1, DataConfig(), base_side=512)))
-    h, w = batch["base_hw"].numpy()[0]
+    shape = (224, 224, 1)
+    batch = next(iter(make_dataset([path, small], None, shape, 2, DataConfig(), base_side=512)))
+    base, small_base = bases(batch)
+    np.testing.assert_array_equal(small_base, pixels)
     heat = np.random.default_rng(0).random((7, 7)).astype(np.float16)
     if name == "jpeg_draft_4":  # 1600x1200: decoded at 1/4 for the model, 512 for the overlay
-        assert (h, w) == (0, 0)
+        assert base is None
         return
-    base = batch["base"].numpy()[0, :h, :w]
     save_overlay(tmp_path / "from_base.jpg", path, heat, style, base)
     save_overlay(tmp_path / "reopened.jpg", path, heat, style)
     assert (tmp_path / "from_base.jpg").read_bytes() == (tmp_path / "reopened.jpg").read_bytes()
