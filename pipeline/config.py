@@ -40,7 +40,7 @@ class CamConfig:
 @dataclass
 class DataConfig:
     manifest: str | None = None  # CSV, Parquet or JSON Lines; null with model=demo: the demo set
-    num_parallel_calls: int = -1  # decode threads; -1 = tf.data.AUTOTUNE
+    num_parallel_calls: int = -1  # decode threads; -1 = one per core (at most 16)
     prefetch: int = 2  # batches decoded ahead of the model
     max_pixels: int = 178_956_970  # larger images are refused before decoding
     resize: str = "bilinear"  # to the model input: bilinear = tf.image.resize without

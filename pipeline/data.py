@@ -277,6 +277,12 @@ def decode_fast(data: tf.Tensor, route: tf.Tensor) -> tf.Tensor:
 
 
 Element = dict[str, tf.Tensor]
+# tf.data's autotuning model thread made an iterator's teardown wait for its next optimisation
+# round: 4.4-4.9 s at the end of about half the runs of 1,536 images (the process idle, the main
+# thread in ~RootDataset::Iterator). Without it AUTOTUNE decodes on one thread per core (at
+# most 16) and a prefetch of AUTOTUNE still grows its buffer; throughput was the same.
+_NO_MODEL_THREAD = tf.data.Options()
+_NO_MODEL_THREAD.autotune.enabled = False
 
 
 def make_dataset(
@@ -290,16 +296,17 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of `rows` (default: all), in order: dict(row, image, orig_hw, ok, error); `row`
     indexes `paths`, `image` is (B,H,W,C) uint8 for shape = (H,W,C). With base_side > 0
-    (data.resize=bilinear), also `base`, a (B,None,None,3) uint8 RaggedTensor (see bases()): a
-    fast-route image as decoded when it is the overlay's base as is (decoded at full scale,
-    longest side <= base_side: the overlay renderer would decode the same pixels); (0,0,3)
-    otherwise, and the overlay writer opens the image itself.
+    (data.resize=bilinear), also `base` (B,L) uint8 and `base_hw` (B,2) int32 (bases() turns
+    them into images): a fast-route image as decoded, flattened, when it is the overlay's base
+    as is (decoded at full scale, longest side <= base_side: the overlay renderer would decode
+    the same pixels); (0,0) otherwise, and the overlay writer opens the image itself.
 
     data.resize=bilinear: rows are sniffed SNIFF_BATCH at a time (header bytes, in Python);
     plain JPEG/PNG/BMP/GIF files are decoded by TF in the graph, the rest (and all of them with
     pillow_only) by Pillow in numpy_function; both are resized by tf_bilinear in the graph.
     data.resize=pillow: Pillow decodes and resizes every row. data.num_parallel_calls rows at
-    once, data.prefetch batches ahead; images over data.max_pixels are refused. A row that
+    once (-1: one per core, at most 16), data.prefetch batches ahead (-1: a buffer that grows
+    while the model waits); images over data.max_pixels are refused. A row that
     cannot be read keeps its place with ok=False and a specific error. A batch can still fail
     when TF's decoder refuses a file the sniff passed: `batches` reads it again with Pillow.
     """
@@ -316,7 +323,8 @@ def make_dataset(
         decode = _decode_tf(paths, shape, data.max_pixels, base_side)
         ds = ds.map(plain(decode), calls, deterministic=True)
     ds = ds.padded_batch(batch_size) if base_side else ds.batch(batch_size)
-    return ds.prefetch(tf.data.AUTOTUNE if prefetch < 0 else prefetch)
+    ds = ds.prefetch(tf.data.AUTOTUNE if prefetch < 0 else prefetch)
+    return ds.with_options(_NO_MODEL_THREAD)
 
 
 def batches(

@@ -166,3 +166,12 @@ def test_dataset_takes_its_limits_from_the_data_config(tmp_path, resize):
     assert batch["row"].numpy().tolist() == [1, 0] and batch["image"].shape == (2, 16, 16, 1)
     assert batch["ok"].numpy().tolist() == [True, False]
     assert "over data.max_pixels=100" in batch["error"].numpy()[1].decode()
+
+
+@pytest.mark.parametrize("resize", ["bilinear", "pillow"])
+def test_dataset_runs_without_the_autotuning_model_thread(tmp_path, resize):
+    """tf.data's autotuning model thread made the iterator's teardown wait for its next round,
+    4-5 s at the end of about half the runs (the process idle); make_dataset turns it off."""
+    paths = [_save(_rgb(), tmp_path / "a.png")]
+    dataset = make_dataset(paths, None, (16, 16, 3), 1, DataConfig(resize=resize))
+    assert dataset.options().autotune.enabled is False
