@@ -602,12 +602,17 @@ def load(path):
 
 ds = tf.data.Dataset.from_tensor_slices(paths)
 ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+# as in the audit: without tf.data's autotuning model thread, whose wait for its next round can
+# hold up the iterator's teardown for seconds (that would flatter the audit's ratios)
+options = tf.data.Options()
+options.autotune.enabled = False
+ds = ds.with_options(options)
 images, first, first_n = 0, None, 0
 for batch in ds:
     images += len(model.predict_on_batch(batch))
+    end = time.perf_counter()
     if first is None:
-        first, first_n = time.perf_counter(), images
-end = time.perf_counter()
+        first, first_n = end, images
 steady = (images - first_n) / (end - first) if first and end > first else None
 print(json.dumps({"images": images, "steady_images_per_second": steady}))
 '''
@@ -620,6 +625,7 @@ class HostRun:
     seconds: float
     cpu_seconds: float  # user + system, all its threads: steadier than wall on a busy machine
     steady_ips: float | None
+    steal_seconds: float = 0.0  # CPU time the hypervisor gave elsewhere meanwhile (all CPUs)
 
 
 def host_model(path: Path, seed: int) -> Path:
@@ -660,29 +666,41 @@ def host_variants() -> tuple[dict[str, list[str]], str]:
     return variants, note
 
 
-def timed_process(command: Sequence[str]) -> tuple[float, float, str]:
-    """(wall seconds from spawn to exit, CPU seconds, stdout) of a process that must exit 0."""
+def steal_seconds() -> float:
+    """The machine's stolen CPU seconds so far (Linux /proc/stat; 0 elsewhere): time a virtual
+    machine's CPUs were runnable but given to another guest. It slows wall clocks, not CPU."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()  # cpu user nice system idle iowait irq softirq steal
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def timed_process(command: Sequence[str]) -> tuple[float, float, float, str]:
+    """(wall seconds from spawn to exit, CPU seconds, stolen seconds, stdout) of a process that
+    must exit 0."""
     import resource  # here, not at the top: there is no resource module on Windows
 
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, stolen = resource.getrusage(resource.RUSAGE_CHILDREN), steal_seconds()
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=child_env())
     seconds = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after, stolen = resource.getrusage(resource.RUSAGE_CHILDREN), steal_seconds() - stolen
     if proc.returncode != 0:
         raise RuntimeError(f"{command[:3]} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return seconds, cpu, proc.stdout
+    return seconds, cpu, stolen, proc.stdout
 
 
 def run_plain(script: Path, files: Path, model: Path, batch_size: int, n: int) -> HostRun:
     """The plain script as a whole process."""
     command = [sys.executable, str(script), str(files), str(model), str(batch_size)]
-    seconds, cpu, stdout = timed_process(command)
+    seconds, cpu, stolen, stdout = timed_process(command)
     result = json.loads(stdout.strip().splitlines()[-1])
     if result["images"] != n:
         raise RuntimeError(f"the plain script predicted {result['images']} images, not {n}")
-    return HostRun(seconds, cpu, result["steady_images_per_second"])
+    return HostRun(seconds, cpu, result["steady_images_per_second"], stolen)
 
 
 def run_audit(model: Path, manifest: Path, out: Path, n: int, overrides: Sequence[str]) -> HostRun:
@@ -693,12 +711,12 @@ def run_audit(model: Path, manifest: Path, out: Path, n: int, overrides: Sequenc
         *(f"output_dir={_quoted(str(out))}", "progress=false", "report.enabled=false"),
         *overrides,
     ]
-    seconds, cpu, _ = timed_process(command)
+    seconds, cpu, stolen, _ = timed_process(command)
     record = json.loads((out / "run.json").read_text(encoding="utf-8"))
     shutil.rmtree(out, ignore_errors=True)  # thousands of files; only run.json was needed
     if record["counts"]["ok"] != n:
         raise RuntimeError(f"the audit read {record['counts']} rows, expected {n} ok")
-    return HostRun(seconds, cpu, record["timing"]["steady_images_per_second"])
+    return HostRun(seconds, cpu, record["timing"]["steady_images_per_second"], stolen)
 
 
 def host_benchmark(args: argparse.Namespace) -> int:
@@ -769,6 +787,9 @@ def host_summary(
             name: round(_median([x.steady_ips for x in r]), 1) for name, r in runs.items()
         },
         "rounds_seconds": {name: [round(x.seconds, 2) for x in r] for name, r in runs.items()},
+        "rounds_steal_seconds": {
+            name: [round(x.steal_seconds, 2) for x in r] for name, r in runs.items()
+        },
         "variants": note,
         "n": args.n,
         "batch_size": args.batch_size,
@@ -806,6 +827,10 @@ def print_host(summary: dict) -> None:
             f"  {summary['steady_ips'][name]:>12.1f}  {ratios[2]:>8.3f}"
         )
     print("vs plain: process and CPU = plain seconds / run's; steady = run's img/s / plain's")
+    steal = summary["rounds_steal_seconds"]
+    if any(s > 0 for rounds in steal.values() for s in rounds):
+        print("stolen CPU s per round (a virtual machine's CPUs given to other guests; it slows")
+        print("wall clocks, not CPU s): " + "; ".join(f"{k} {v}" for k, v in steal.items()))
 
 
 # ----------------------------------------------------------------------------- report
