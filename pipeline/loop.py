@@ -153,7 +153,6 @@ class BatchLoop:
         self.boxes_px = table[BOX_COLUMNS].to_numpy(np.float64)  # (N,4)
         self.stems = [safe_name(r, i) for r, i in zip(table["row"], table["id"])]
         self.paths = table["path"].tolist()  # resolved: the overlays re-open the image
-        self.bases: dict[int, np.ndarray | None] = {}  # row -> its overlay base, if tf.data has it
         keras.utils.set_random_seed(settings.seed)
         if settings.deterministic:
             tf.config.experimental.enable_op_determinism()
@@ -260,12 +259,18 @@ class BatchLoop:
         tolerance = normalise_tolerance(self.s.pointing_tolerance, orig_hw)  # (B,2)
         out = self.step(batch["image"], labels, boxes, box_valid, tolerance)
         metrics = self._metrics(batch["image"], out)
-        if "base" in batch:  # overlay bases, by row, for _write_files on the main thread
-            self.bases.update(zip(rows.tolist(), bases(batch)))
         if self.s.heatmaps.resolution != "input":  # (B,H,W) the host never reads: not copied
             out = out._replace(explanation=out.explanation._replace(map_input=None))
         result = BatchResult(
-            rows, ok, errors, orig_hw, labels, box_warnings, _numpy(out), _numpy(metrics)
+            rows,
+            ok,
+            errors,
+            orig_hw,
+            labels,
+            box_warnings,
+            _numpy(out),
+            _numpy(metrics),
+            bases=bases(batch) if "base" in batch else None,  # for the overlay writers
         )
         checkpoint("compute")
         return result
@@ -333,11 +338,9 @@ class BatchLoop:
             if self.s.overlay_mode == "all":
                 files.overlay[i] = f"overlays/{stem}.jpg"
                 heat, style = self._as_stored(maps[i]), self.s.overlay_style
-                base = self.bases.get(row)
+                base = None if result.bases is None else result.bases[i]
                 args = (self.out / files.overlay[i], self.paths[row], heat, style, base)
                 futures.append(pool.submit(save_overlay, *args))
-        for row in result.rows:
-            self.bases.pop(int(row), None)
         return files, futures
 
     def _as_stored(self, heat: np.ndarray) -> np.ndarray:

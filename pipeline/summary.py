@@ -109,6 +109,7 @@ class BatchResult:
     out: StepOutputs  # numpy arrays; explanation fields (B,K,...) with target=topk
     metrics: dict[str, np.ndarray] = field(default_factory=dict)  # column -> (B,) or (B,K)
     rank: np.ndarray | None = None  # (B,) int32 after expand_ranks
+    bases: list[np.ndarray | None] | None = None  # (B,) (h,w,3) overlay bases from tf.data
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def expand_ranks(batch: BatchResult, ranks: int) -> BatchResult:
         orig_hw=batch.orig_hw[img],
         labels=batch.labels[img],
         box_warnings=[batch.box_warnings[i] for i in img],
+        bases=None if batch.bases is None else [batch.bases[i] for i in img],
         out=StepOutputs(predictions, flat),
         metrics={k: v.reshape(n * ranks) for k, v in batch.metrics.items()},
         rank=rank,
