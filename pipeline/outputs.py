@@ -6,6 +6,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,23 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        checkpoint("write")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """`data` to `path` as atomic_write does, through a temporary named by process and thread
+    (.<name>.<pid>-<thread>.tmp, which resume's cleanup knows): one open and one write, without
+    mkstemp's probing and a writer's own file handling (0.4 ms less per overlay)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
         checkpoint("write")
         os.replace(tmp, path)
     except BaseException:

@@ -4,6 +4,7 @@ three give the same pixels for the same row. No TensorFlow here."""
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from PIL import Image
 
 from pipeline.heatmaps import load_heatmaps
 from pipeline.images import LoadError, fit_side, open_image
-from pipeline.outputs import atomic_write, jet_lut, safe_name
+from pipeline.outputs import atomic_write, atomic_write_bytes, jet_lut, safe_name
 
 log = logging.getLogger(__name__)
 _JET = jet_lut().tobytes()  # the jet colour map as a 256-entry palette
@@ -91,7 +92,9 @@ def save_overlay(
         image = blend_map(Image.fromarray(base, "RGB"), heat, style.alpha)
     else:
         image = render_overlay(image_path, heat, style)
-    atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=style.quality))
+    encoded = io.BytesIO()
+    image.save(encoded, format="JPEG", quality=style.quality)
+    atomic_write_bytes(path, encoded.getbuffer())
 
 
 def overlay_name(row: int, row_id: str, rank: int, ranks: int) -> str:

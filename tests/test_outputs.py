@@ -4,7 +4,11 @@ the overlays it promises."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -14,10 +18,12 @@ from PIL import Image
 
 from pipeline.cli.overlays import main as overlays_main
 from pipeline.config import ReportConfig
+from pipeline.faults import ENV
 from pipeline.outputs import jet_lut
 from pipeline.overlays import blend_map, overlay_mode, report_rows
 from pipeline.report.audit import misclassified_rows
 from pipeline.report.html import CLUSTER_EXAMPLES
+from pipeline.resume import remove_temporaries
 from pipeline.run import run
 
 
@@ -119,3 +125,22 @@ def test_overlay_command_refuses_a_folder_that_is_not_an_audit(tmp_path, capsys)
         overlays_main([str(tmp_path)])
     assert exit_.value.code == 2
     assert "is it a gradcam-audit output" in capsys.readouterr().err
+
+
+def test_an_overlay_write_killed_before_its_rename_leaves_a_temporary_resume_removes(tmp_path):
+    """A SIGKILL between an overlay's bytes and its rename leaves .<name>.<pid>-<thread>.tmp
+    and no overlay; resume's cleanup removes it for its own rows' stems, not another shard's."""
+    overlays, stem = tmp_path / "overlays", "0000003-img.v2"
+    code = (
+        "from pathlib import Path; from pipeline.outputs import atomic_write_bytes; "
+        f"atomic_write_bytes(Path({str(overlays / (stem + '.jpg'))!r}), b'jpeg bytes')"
+    )
+    env = {**os.environ, ENV: "write:1:kill"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=False)
+    assert proc.returncode == -signal.SIGKILL
+    [left] = list(overlays.iterdir())
+    assert left.name.startswith(f".{stem}.jpg.") and left.name.endswith(".tmp")
+    assert left.read_bytes() == b"jpeg bytes"
+    assert remove_temporaries(tmp_path / "own", tmp_path, {"0000004-other"}) == 0
+    assert remove_temporaries(tmp_path / "own", tmp_path, {stem}) == 1
+    assert not list(overlays.iterdir())
