@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
+import weakref
 
 import pytest
 from conftest import run_cli, write_csv
+
+from pipeline.cli.audit import _freeze_heap
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -111,3 +115,27 @@ def test_manifest_without_path_exit_2(tmp_path, model_files):
 def test_non_demo_model_needs_a_manifest(tmp_path):
     proc = cli("model=mobilenet_v2", "model.weights=null", f"output_dir={tmp_path / 'out'}")
     assert proc.returncode == 2 and "data.manifest is required" in error_lines(proc)[0]
+
+
+class _Cycle:
+    """An object in a reference cycle: only the collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_a_later_jobs_freeze_collects_the_earlier_jobs_garbage_first():
+    """The task freezes the heap (imports out of the collector's reach); a multirun's next job
+    must not freeze the previous job's cyclic garbage (its model, its traces) with it."""
+    gc.disable()  # no automatic collection in between: only _freeze_heap's own can free it
+    try:
+        _freeze_heap()
+        frozen = gc.get_freeze_count()
+        garbage = _Cycle()
+        gone = weakref.ref(garbage)
+        del garbage  # garbage now, but only a collection frees a cycle
+        _freeze_heap()
+        assert frozen > 0 and gone() is None
+    finally:
+        gc.unfreeze()
+        gc.enable()
