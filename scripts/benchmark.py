@@ -713,7 +713,6 @@ def run_audit(model: Path, manifest: Path, out: Path, n: int, overrides: Sequenc
     ]
     seconds, cpu, stolen, _ = timed_process(command)
     record = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    shutil.rmtree(out, ignore_errors=True)  # thousands of files; only run.json was needed
     if record["counts"]["ok"] != n:
         raise RuntimeError(f"the audit read {record['counts']} rows, expected {n} ok")
     return HostRun(seconds, cpu, record["timing"]["steady_images_per_second"], stolen)
@@ -732,19 +731,42 @@ def host_benchmark(args: argparse.Namespace) -> int:
         (work / "files.txt").write_text("\n".join(str(p) for p in images), encoding="utf-8")
         (work / "plain.py").write_text(PLAIN_SCRIPT, encoding="utf-8")
         model = host_model(work / "tiny.keras", args.seed)
+        probe = [file_create_ms(work / "probe-start")]
         runs = host_rounds(args, work, model, variants)
+        probe.append(file_create_ms(work / "probe-end"))
     finally:
         clean_up(work, args.keep)
     summary = host_summary(args, runs, note, load_before)
+    summary["file_create_ms"] = probe  # before the rounds, after them
     print_host(summary)
     print(json.dumps(summary))
     return 0
 
 
+def file_create_ms(folder: Path, n: int = 512, size: int = 40_000) -> float:
+    """CPU ms to create one file as the overlay writer does (a temporary of `size` bytes,
+    renamed into place), over n files in a new folder, removed after. On ext4 it depends on the
+    disk's history: 0.1 ms on fresh inodes, 0.5-1 ms while just-freed ones are being reused."""
+    folder.mkdir(parents=True)
+    data = os.urandom(size)
+    start = time.process_time()
+    for i in range(n):
+        tmp = folder / f".{i}.jpg.probe.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / f"{i}.jpg")
+    cpu = time.process_time() - start
+    shutil.rmtree(folder)
+    return round(cpu / n * 1000, 3)
+
+
 def host_rounds(
     args: argparse.Namespace, work: Path, model: Path, variants: dict[str, list[str]]
 ) -> dict[str, list[HostRun]]:
-    """--repeat rounds of the plain script then every variant: {name: one HostRun a round}."""
+    """--repeat rounds of the plain script then every variant: {name: one HostRun a round}.
+    Every audit's output folder is kept until the end: removing one's thousands of files just
+    before the next run would make that run reuse just-freed inodes, which on ext4 costs
+    0.5-1 ms of kernel CPU per file created (file_create_ms), a cost of this benchmark's own
+    making and not of the run measured."""
     batch = [f"batch_size={args.batch_size}", *args.set]
     runs: dict[str, list[HostRun]] = {"plain": [], **{name: [] for name in variants}}
     for rep in range(args.repeat):
@@ -753,7 +775,7 @@ def host_rounds(
         runs["plain"].append(plain)
         for name, overrides in variants.items():
             log.info("round %d/%d: audit %s", rep + 1, args.repeat, name)
-            out = work / f"out_{rep}_{len(runs[name])}"
+            out = work / f"out_{name}_{rep}"
             runs[name].append(
                 run_audit(model, work / "manifest.csv", out, args.n, [*batch, *overrides])
             )
@@ -787,6 +809,9 @@ def host_summary(
             name: round(_median([x.steady_ips for x in r]), 1) for name, r in runs.items()
         },
         "rounds_seconds": {name: [round(x.seconds, 2) for x in r] for name, r in runs.items()},
+        "rounds_steady_ips": {
+            name: [round(x.steady_ips, 1) for x in r] for name, r in runs.items()
+        },
         "rounds_steal_seconds": {
             name: [round(x.steal_seconds, 2) for x in r] for name, r in runs.items()
         },
@@ -827,6 +852,9 @@ def print_host(summary: dict) -> None:
             f"  {summary['steady_ips'][name]:>12.1f}  {ratios[2]:>8.3f}"
         )
     print("vs plain: process and CPU = plain seconds / run's; steady = run's img/s / plain's")
+    if "file_create_ms" in summary:
+        before, after = summary["file_create_ms"]
+        print(f"CPU ms to create one file in the work folder: {before} before, {after} after")
     steal = summary["rounds_steal_seconds"]
     if any(s > 0 for rounds in steal.values() for s in rounds):
         print("stolen CPU s per round (a virtual machine's CPUs given to other guests; it slows")
