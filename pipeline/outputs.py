@@ -36,14 +36,7 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    try:
-        write(tmp)
-        checkpoint("write")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _write_then_rename(tmp, path, write)
 
 
 def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
@@ -52,9 +45,13 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     mkstemp's probing and a writer's own file handling (0.4 ms less per overlay)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    _write_then_rename(str(tmp), path, lambda name: Path(name).write_bytes(data))
+
+
+def _write_then_rename(tmp: str, path: Path, write) -> None:
+    """write(tmp), then rename it onto `path`; on any failure the temporary is removed."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        write(tmp)
         checkpoint("write")
         os.replace(tmp, path)
     except BaseException:
