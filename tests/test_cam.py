@@ -24,7 +24,7 @@ from pipeline.cam import get_method
 from pipeline.config import ModelConfig
 from pipeline.model import load_model
 from pipeline.run import run
-from pipeline.step.build import build_step
+from pipeline.step.build import build_step, upsample_bilinear
 from pipeline.step.targets import TARGET_LABEL, TARGET_PRED
 
 
@@ -85,6 +85,20 @@ def test_batch_of_n_equals_n_batches_of_one(model_files):
         }
         for key, (w, a) in pairs.items():
             np.testing.assert_allclose(w[i], a[0], atol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    "src, dst", [((14, 14), (224, 224)), ((7, 5), (299, 160)), ((9, 9), (9, 9)), ((12, 8), (5, 3))]
+)
+def test_matrix_upsampling_equals_tf_image_resize(src, dst):
+    """The step's upsampling (two matrix products) against the resize op it replaces, on maps
+    with sharp edges, across odd ratios, no change of size, and shrinking."""
+    rng = np.random.default_rng(7)
+    maps = (rng.random((3, *src)) > 0.6).astype(np.float32) * rng.random((3, *src), np.float32)
+    got = upsample_bilinear(tf.constant(maps), *dst).numpy()
+    want = tf.image.resize(maps[..., None], dst, method="bilinear").numpy()[..., 0]
+    assert got.shape == (3, *dst)
+    np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_step_upsamples_the_maps(model_files):

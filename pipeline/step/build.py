@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from pipeline.cam.base import CamMethod
@@ -104,8 +105,7 @@ class BatchStep:
         if self.method.aug_smooth:
             maps = self.smooth(maps, pixels, labels, targets)
         h, w = self.loaded.input_size
-        up = tf.image.resize(maps[..., None], (h, w), method="bilinear")[..., 0]  # (B,H,W)
-        up = tf.clip_by_value(up, 0.0, 1.0)
+        up = tf.clip_by_value(upsample_bilinear(maps, h, w), 0.0, 1.0)  # (B,H,W)
         return Explanation(
             target_index=targets,
             target_score=tf.gather(cam.outputs, targets, batch_dims=1),
@@ -137,6 +137,32 @@ class BatchStep:
             scores = scores_and_outputs(self.loaded, raw)[0]
             target = tf.reduce_sum(scores * tf.one_hot(targets, self.n_classes), axis=1)
         return tape.gradient(target, x) * up[..., None]
+
+
+def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float32: tf.image.resize's bilinear (half-pixel centres, no antialiasing)
+    along one axis as a matrix, its taps and weights computed in TF's float32 arithmetic."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    centre = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(centre)
+    lower = np.maximum(floor, 0).astype(np.int64)
+    upper = np.minimum(np.ceil(centre), n_in - 1).astype(np.int64)
+    lerp = centre - floor
+    weights = np.zeros((n_out, n_in), np.float32)
+    np.add.at(weights, (np.arange(n_out), lower), np.float32(1) - lerp)
+    np.add.at(weights, (np.arange(n_out), upper), lerp)
+    return weights
+
+
+def upsample_bilinear(maps: tf.Tensor, h: int, w: int) -> tf.Tensor:
+    """(B,h',w') -> (B,h,w): tf.image.resize(method="bilinear") to float32 rounding (2e-7), as
+    two small matrix products, which cost half the resize op's CPU (0.15 against 0.3 ms an
+    image for 14x14 -> 224x224). tf.image.resize when the map's size is not static."""
+    mh, mw = maps.shape[1], maps.shape[2]
+    if mh is None or mw is None:
+        return tf.image.resize(maps[..., None], (h, w), method="bilinear")[..., 0]
+    rows, cols = bilinear_weights(mh, h), bilinear_weights(mw, w)  # (h,h'), (w,w')
+    return tf.einsum("hi,bij,wj->bhw", tf.constant(rows), maps, tf.constant(cols))
 
 
 def _stack_ranks(tensors: tuple) -> tf.Tensor | None:
