@@ -103,11 +103,15 @@ def test_a_sigkilled_run_leaves_no_lock_that_blocks_the_next(model_files, datase
 
 def test_sigterm_commits_the_chunk_in_flight_and_exits_75(model_files, dataset, tmp_path):
     out = tmp_path / "o"
-    # the 3rd file written is an overlay of the first batch: chunk 0 (2 batches) is in flight
-    proc = cli(_args(model_files, dataset, out), fault="write:3:term")
+    # the 3rd file written is an overlay of the first batch. With chunks of 3 batches, chunk 1
+    # cannot begin before it: the loop adds a 3rd pending batch only once the 1st's files are
+    # written (PENDING_BATCHES). With chunks of 2 the loop could open chunk 1 before that write
+    # when the step ran ahead of the writers, and commit 16 rows (a fresh clone caught it).
+    args = [a for a in _args(model_files, dataset, out) if not a.startswith("chunk_batches=")]
+    proc = cli([*args, "chunk_batches=3"], fault="write:3:term")
     assert proc.returncode == EXIT_STOPPED, proc.stderr[-2000:]
     assert "SIGTERM: finishing the chunk in flight" in proc.stdout
-    line = "stopped by SIGTERM: 8 of 60 rows committed; run the same command again to resume"
+    line = "stopped by SIGTERM: 12 of 60 rows committed; run the same command again to resume"
     assert line in proc.stdout, proc.stdout[-2000:]
     assert parts(out) == 1 and (out / "state.json").is_file()
     assert not (out / "summary.parquet").exists() and not list(out.rglob("*.tmp"))
