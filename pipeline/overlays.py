@@ -4,7 +4,6 @@ three give the same pixels for the same row. No TensorFlow here."""
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from PIL import Image
 
 from pipeline.heatmaps import load_heatmaps
 from pipeline.images import LoadError, fit_side, open_image
-from pipeline.outputs import atomic_write, atomic_write_bytes, jet_lut, safe_name
+from pipeline.outputs import atomic_write, atomic_write_file, jet_lut, safe_name
 
 log = logging.getLogger(__name__)
 _JET = jet_lut().tobytes()  # the jet colour map as a 256-entry palette
@@ -92,9 +91,7 @@ def save_overlay(
         image = blend_map(Image.fromarray(base, "RGB"), heat, style.alpha)
     else:
         image = render_overlay(image_path, heat, style)
-    encoded = io.BytesIO()
-    image.save(encoded, format="JPEG", quality=style.quality)
-    atomic_write_bytes(path, encoded.getbuffer())
+    atomic_write_file(path, lambda file: image.save(file, format="JPEG", quality=style.quality))
 
 
 def overlay_name(row: int, row_id: str, rank: int, ranks: int) -> str:

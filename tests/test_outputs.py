@@ -4,6 +4,7 @@ the overlays it promises."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ from pipeline.cli.overlays import main as overlays_main
 from pipeline.config import ReportConfig
 from pipeline.faults import ENV
 from pipeline.outputs import jet_lut
-from pipeline.overlays import blend_map, overlay_mode, report_rows
+from pipeline.overlays import OverlayStyle, blend_map, overlay_mode, report_rows, save_overlay
 from pipeline.report.audit import misclassified_rows
 from pipeline.report.html import CLUSTER_EXAMPLES
 from pipeline.resume import remove_temporaries
@@ -144,3 +145,18 @@ def test_an_overlay_write_killed_before_its_rename_leaves_a_temporary_resume_rem
     assert remove_temporaries(tmp_path / "own", tmp_path, {"0000004-other"}) == 0
     assert remove_temporaries(tmp_path / "own", tmp_path, {stem}) == 1
     assert not list(overlays.iterdir())
+
+
+def test_an_overlay_file_is_the_jpeg_of_its_blend_at_the_configured_quality(tmp_path):
+    """save_overlay encodes straight into its temporary file (where Pillow's encoder releases
+    the GIL): the bytes are those of the blend encoded in memory at overlays.quality, and no
+    temporary is left beside the overlay."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (75, 100, 3), np.uint8)
+    heat = rng.random((7, 7)).astype(np.float32)
+    style = OverlayStyle(quality=77)
+    save_overlay(tmp_path / "overlays" / "a.jpg", "unused.jpg", heat, style, base)
+    expected = io.BytesIO()
+    blend_map(Image.fromarray(base), heat, style.alpha).save(expected, "JPEG", quality=77)
+    assert (tmp_path / "overlays" / "a.jpg").read_bytes() == expected.getvalue()
+    assert [p.name for p in (tmp_path / "overlays").iterdir()] == ["a.jpg"]
