@@ -54,11 +54,6 @@ def atomic_write_file(path: Path, write) -> None:
     _write_then_rename(str(tmp), path, opened)
 
 
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    """`data` to `path` as atomic_write_file does: one open and one write."""
-    atomic_write_file(path, lambda file: file.write(data))
-
-
 def _write_then_rename(tmp: str, path: Path, write) -> None:
     """write(tmp), then rename it onto `path`; on any failure the temporary is removed."""
     try:

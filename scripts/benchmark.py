@@ -74,7 +74,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import CONF_DIR  # first: quietens TensorFlow's C++ logging before TF loads
-from pipeline.outputs import atomic_write_bytes, jet_lut
+from pipeline.outputs import atomic_write_file, jet_lut
 
 log = logging.getLogger("benchmark")
 
@@ -745,12 +745,12 @@ def host_benchmark(args: argparse.Namespace) -> int:
 
 def file_create_ms(folder: Path, n: int = 512, size: int = 40_000) -> float:
     """CPU ms to create one file of `size` bytes through the overlay writer's own file handling
-    (atomic_write_bytes), over n files in a new folder, removed after. On ext4 it depends on
+    (atomic_write_file), over n files in a new folder, removed after. On ext4 it depends on
     the disk's history: 0.1 ms on fresh inodes, 0.5-1 ms while just-freed ones are reused."""
     data = os.urandom(size)
     start = time.process_time()
     for i in range(n):
-        atomic_write_bytes(folder / f"{i}.jpg", data)
+        atomic_write_file(folder / f"{i}.jpg", lambda file: file.write(data))
     cpu = time.process_time() - start
     shutil.rmtree(folder)
     return round(cpu / n * 1000, 3)

@@ -133,8 +133,9 @@ def test_an_overlay_write_killed_before_its_rename_leaves_a_temporary_resume_rem
     and no overlay; resume's cleanup removes it for its own rows' stems, not another shard's."""
     overlays, stem = tmp_path / "overlays", "0000003-img.v2"
     code = (
-        "from pathlib import Path; from pipeline.outputs import atomic_write_bytes; "
-        f"atomic_write_bytes(Path({str(overlays / (stem + '.jpg'))!r}), b'jpeg bytes')"
+        "from pathlib import Path; from pipeline.outputs import atomic_write_file; "
+        f"atomic_write_file(Path({str(overlays / (stem + '.jpg'))!r}), "
+        "lambda file: file.write(b'jpeg bytes'))"
     )
     env = {**os.environ, ENV: "write:1:kill"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=False)
