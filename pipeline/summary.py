@@ -71,8 +71,9 @@ SUMMARY_SCHEMA = pa.schema(
 DEFAULTS = {"cluster": -1}  # columns the batch loop leaves to later stages
 
 
-def summary_table(columns: dict[str, list | np.ndarray]) -> pa.Table:
-    """One batch of summary rows: a value list/array per schema column (missing -> nulls)."""
+def summary_table(columns: dict[str, list | np.ndarray | pa.Array]) -> pa.Table:
+    """One batch of summary rows: a value list/array per schema column (missing -> nulls);
+    Arrow arrays are cast to the column's type."""
     n = len(next(iter(columns.values())))
     unknown = set(columns) - set(SUMMARY_SCHEMA.names)
     if unknown:  # e.g. a statistic or metric renamed on one side only
@@ -84,9 +85,16 @@ def summary_table(columns: dict[str, list | np.ndarray]) -> pa.Table:
             arrays.append(pa.array([DEFAULTS[column.name]] * n, type=column.type))
         elif values is None:
             arrays.append(pa.nulls(n, column.type))
+        elif isinstance(values, (pa.Array, pa.ChunkedArray)):
+            values = _combined(values)
+            arrays.append(values if values.type == column.type else values.cast(column.type))
         else:
             arrays.append(pa.array(values, type=column.type, from_pandas=True))
     return pa.Table.from_arrays(arrays, schema=SUMMARY_SCHEMA)
+
+
+def _combined(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def error_kinds(errors: pd.Series, top: int = 5) -> list[tuple[str, int]]:
@@ -114,12 +122,30 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class RowContext:
-    """What every batch's rows share: the manifest and the model's classes."""
+    """What every batch's rows share: the manifest and the model's classes. The manifest's
+    columns are converted to Arrow once, so a batch's rows are a `take` of them."""
 
     table: pd.DataFrame  # the manifest as read (one row per manifest row)
     label_warnings: list[str | None]  # per manifest row
     class_names: list[str]
     method: str  # cam.name
+    manifest: pa.Table = field(init=False, repr=False)  # MANIFEST_COLUMNS, one row per row
+    names: pa.Array = field(init=False, repr=False)  # class_names as strings
+
+    def __post_init__(self) -> None:
+        table = self.table
+        values = {c: table[MANIFEST_COLUMNS.get(c, c)].tolist() for c in _MANIFEST_TYPES}
+        values["warning"] = self.label_warnings
+        arrays = [pa.array(v, type=_MANIFEST_TYPES.get(c, pa.string()), from_pandas=True)
+                  for c, v in values.items()]  # fmt: skip
+        object.__setattr__(self, "manifest", pa.Table.from_arrays(arrays, names=list(values)))
+        object.__setattr__(self, "names", pa.array(self.class_names, pa.string()))
+
+
+MANIFEST_COLUMNS = {"path": "manifest_path"}  # summary column -> the manifest table's
+_MANIFEST_TYPES = {
+    c: SUMMARY_SCHEMA.field(c).type for c in ("id", "path", "label", "group", *BOX_COLUMNS)
+}
 
 
 @dataclass(frozen=True)
@@ -178,62 +204,65 @@ def _map_arrays(fn: Callable[[np.ndarray], np.ndarray], values: tuple) -> tuple:
 
 
 def batch_rows(batch: BatchResult, ctx: RowContext, files: FilePaths) -> pa.Table:
-    """The summary rows of one batch (after expand_ranks), in SUMMARY_SCHEMA."""
-    ok, labels, names = batch.ok, batch.labels, ctx.class_names
+    """The summary rows of one batch (after expand_ranks), in SUMMARY_SCHEMA: Arrow arrays
+    built per column (the manifest's taken from ctx, the step's masked where a row is not ok
+    or a float is NaN), no Python per row but the messages."""
+    ok, labels = batch.ok, batch.labels
     pred, exp = batch.out.predictions, batch.out.explanation
-    sub = ctx.table.iloc[batch.rows]
+    sub = ctx.manifest.take(pa.array(batch.rows, pa.int64()))
     stats = exp.stats._asdict()
-    hit = stats.pop("pointing_hit")
+    hit = np.asarray(stats.pop("pointing_hit"))
+    warnings = sub["warning"].to_pylist()
     columns = {
         "row": batch.rows,
-        "id": sub["id"].tolist(),
-        "path": sub["manifest_path"].tolist(),
+        **{c: sub[c] for c in ("id", "path", "label", "group", *BOX_COLUMNS)},
         "status": np.where(ok, "ok", "error").tolist(),
         "method": [ctx.method] * len(ok),
         "rank": batch.rank,
         "error": [None if k else e for k, e in zip(ok, batch.errors)],
-        "warning": [
-            _join(ctx.label_warnings[r], w) for r, w in zip(batch.rows, batch.box_warnings)
-        ],
-        "label": sub["label"].tolist(),
-        "label_index": _nullable(labels, labels >= 0),
-        "group": sub["group"].tolist(),
-        "width": _nullable(batch.orig_hw[:, 1], ok),
-        "height": _nullable(batch.orig_hw[:, 0], ok),
-        **{c: sub[c].tolist() for c in BOX_COLUMNS},
-        "pred_index": _nullable(pred.pred_index, ok),
-        "pred_label": [names[p] if k else None for p, k in zip(pred.pred_index, ok)],
-        "pred_score": _nullable(pred.pred_score, ok),
-        "topk_index": [t.tolist() if k else None for t, k in zip(pred.topk_index, ok)],
-        "topk_score": [t.tolist() if k else None for t, k in zip(pred.topk_score, ok)],
-        "target_index": _nullable(exp.target_index, ok),
-        "target_label": [names[t] if k else None for t, k in zip(exp.target_index, ok)],
-        "target_score": _nullable(exp.target_score, ok),
-        "correct": _nullable(pred.pred_index == labels, ok & (labels >= 0)),
+        "warning": [_join(w, b) for w, b in zip(warnings, batch.box_warnings)],
+        "label_index": _masked(labels, labels >= 0),
+        "width": _masked(batch.orig_hw[:, 1], ok),
+        "height": _masked(batch.orig_hw[:, 0], ok),
+        "pred_index": _masked(pred.pred_index, ok),
+        "pred_label": ctx.names.take(_masked(pred.pred_index, ok)),
+        "pred_score": _masked(pred.pred_score, ok),
+        "topk_index": _lists(pred.topk_index, ok),
+        "topk_score": _lists(pred.topk_score, ok),
+        "target_index": _masked(exp.target_index, ok),
+        "target_label": ctx.names.take(_masked(exp.target_index, ok)),
+        "target_score": _masked(exp.target_score, ok),
+        "correct": _masked(pred.pred_index == labels, ok & (labels >= 0)),
         "heatmap_path": files.heatmap,
         "heatmap_file": files.heatmap_file,
         "heatmap_index": files.heatmap_index,
         "overlay_path": files.overlay,
         "guided_path": files.guided,
-        "cam_max": _nullable(exp.cam_max, ok),
-        **{c: _nullable(v, ok) for c, v in stats.items()},
-        "pointing_hit": _nullable(hit > 0.5, ok & ~np.isnan(hit)),
-        **{c: _nullable(v, ok) for c, v in batch.metrics.items()},
+        "cam_max": _masked(exp.cam_max, ok),
+        **{c: _masked(v, ok) for c, v in stats.items()},
+        "pointing_hit": _masked(hit > 0.5, ok & ~np.isnan(hit)),
+        **{c: _masked(v, ok) for c, v in batch.metrics.items()},
     }
     return summary_table(columns)
+
+
+def _masked(values: np.ndarray, keep: np.ndarray) -> pa.Array:
+    """values (B,) as an Arrow array, null where keep is False or a float is NaN."""
+    values = np.asarray(values)
+    null = ~np.asarray(keep, bool)
+    if values.dtype.kind == "f":
+        null = null | np.isnan(values)
+    return pa.array(values, mask=null)
+
+
+def _lists(values: np.ndarray, keep: np.ndarray) -> pa.Array:
+    """values (B,k) as a list array: one list per row, null where keep is False (NaN: null)."""
+    n, k = values.shape
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * k)
+    flat = _masked(values.reshape(-1), np.ones(n * k, bool))
+    return pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~np.asarray(keep, bool)))
 
 
 def _join(*messages: str | None) -> str | None:
     parts = [m for m in messages if m]
     return "; ".join(parts) if parts else None
-
-
-def _nullable(values: np.ndarray, keep: np.ndarray) -> list:
-    """Values as a list with None where keep is False (and where float values are NaN)."""
-    out = []
-    for value, k in zip(values.tolist(), keep):
-        if not k or (isinstance(value, float) and value != value):
-            out.append(None)
-        else:
-            out.append(value)
-    return out

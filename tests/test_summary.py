@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import namedtuple
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -108,6 +109,75 @@ def test_rows_of_a_batch_follow_the_step_outputs_one_by_one(ctx):
     assert error["id"] == "b" and error["group"] == "g2" and error["label"] == "zebra"
     for name in ["pred_index", "pred_label", "topk_index", "target_index", "cam_max", *STATS]:
         assert error[name] is None, name
+
+
+def _reference_rows(batch: BatchResult, ctx: RowContext, files: FilePaths) -> list[dict]:
+    """The rows built one by one from the manifest and the step's arrays: the textbook way."""
+
+    def value(x, keep=True):  # None where not kept or NaN
+        x = x.item() if isinstance(x, np.generic) else x
+        return None if not keep or (isinstance(x, float) and x != x) else x
+
+    pred, exp, rows = batch.out.predictions, batch.out.explanation, []
+    for i, r in enumerate(batch.rows):
+        m, ok, label = ctx.table.iloc[r], bool(batch.ok[i]), int(batch.labels[i])
+        stat = {f: value(getattr(exp.stats, f)[i], ok) for f in exp.stats._fields}
+        hit = stat.pop("pointing_hit")
+        warnings = [w for w in (ctx.label_warnings[r], batch.box_warnings[i]) if w]
+        rows.append(
+            {
+                **{c: None for c in SUMMARY_SCHEMA.names},
+                **{c: value(m[c]) for c in ("id", "label", "group", "x0", "y0", "x1", "y1")},
+                "row": int(r), "path": m["manifest_path"], "status": "ok" if ok else "error",
+                "method": ctx.method, "rank": int(batch.rank[i]),
+                "error": None if ok else batch.errors[i],
+                "warning": "; ".join(warnings) or None,
+                "label_index": label if label >= 0 else None,
+                "width": value(batch.orig_hw[i, 1], ok), "height": value(batch.orig_hw[i, 0], ok),
+                "pred_index": value(pred.pred_index[i], ok),
+                "pred_label": NAMES[pred.pred_index[i]] if ok else None,
+                "pred_score": value(pred.pred_score[i], ok),
+                "topk_index": [int(t) for t in pred.topk_index[i]] if ok else None,
+                "topk_score": [value(t) for t in pred.topk_score[i]] if ok else None,
+                "target_index": value(exp.target_index[i], ok),
+                "target_label": NAMES[exp.target_index[i]] if ok else None,
+                "target_score": value(exp.target_score[i], ok),
+                "correct": bool(pred.pred_index[i] == label) if ok and label >= 0 else None,
+                "heatmap_path": files.heatmap[i], "overlay_path": files.overlay[i],
+                "cam_max": value(exp.cam_max[i], ok),
+                **stat,
+                "pointing_hit": None if hit is None else hit > 0.5,
+                **{c: value(v[i], ok) for c, v in batch.metrics.items()},
+                "cluster": -1,
+            }
+        )  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_rows_equal_the_rows_built_one_by_one(ctx, ranks):
+    """Vectorised columns against the per-row reference, NaNs and error rows included."""
+    batch = _batch(ranks, np.random.default_rng(3))
+    exp, pred = batch.out.explanation, batch.out.predictions
+    stats = exp.stats._replace(
+        spread=np.where(np.arange(exp.stats.spread.size).reshape(exp.stats.spread.shape) % 2,
+                        np.float32(np.nan), exp.stats.spread),
+        pointing_hit=np.full(exp.stats.pointing_hit.shape, np.nan),
+    )  # fmt: skip
+    topk_score = pred.topk_score.copy()
+    topk_score[0, 1] = np.nan
+    pred = pred._replace(topk_score=topk_score, pred_score=topk_score[:, 0])
+    batch = replace(
+        batch,
+        out=StepOutputs(pred, exp._replace(stats=stats)),
+        box_warnings=[None, None, "box outside the image"],
+    )
+    expanded = expand_ranks(batch, ranks)
+    files = _files(3 * ranks)
+    table = batch_rows(expanded, ctx, files)
+    assert table.schema.equals(SUMMARY_SCHEMA)
+    assert table.to_pylist() == _reference_rows(expanded, ctx, files)
+    assert table["spread"].null_count > 0 and table["topk_score"][0].as_py()[1] is None
 
 
 def test_topk_expansion_gives_k_rows_per_image_in_rank_order(ctx):
