@@ -277,6 +277,13 @@ def decode_fast(data: tf.Tensor, route: tf.Tensor) -> tf.Tensor:
 
 
 Element = dict[str, tf.Tensor]
+# STATELESS: every op in the dataset's functions is stateless. Under op determinism (the
+# default `deterministic=true`) tf.data rewrites a pipeline whose functions hold a stateful op:
+# its parallel maps run serially and its prefetch buffers drop to 0 (grappler's
+# make_deterministic). A numpy_function is stateful unless declared otherwise, and so is
+# tf.debugging.assert_*: the decoders ran on one thread, in step with the model, a quarter of
+# the whole run's throughput. The Python loaders are pure functions of their row (the file);
+# their counters and fault checkpoints are instrumentation, thread-safe and order-free.
 # tf.data's autotuning model thread made an iterator's teardown wait for its next optimisation
 # round: 4.4-4.9 s at the end of about half the runs of 1,536 images (the process idle, the main
 # thread in ~RootDataset::Iterator). Without it AUTOTUNE decodes on one thread per core (at
@@ -375,7 +382,8 @@ def _through_pillow(load_row, row: tf.Tensor) -> list[tf.Tensor]:
         _count("pillow")
         return load_row(int(r))
 
-    return tf.numpy_function(load, [row], [tf.uint8, tf.int32, tf.bool, tf.string], stateful=True)
+    types = [tf.uint8, tf.int32, tf.bool, tf.string]
+    return tf.numpy_function(load, [row], types, stateful=False)  # see STATELESS
 
 
 def _element(row, image, orig_hw, ok, error) -> Element:
@@ -383,6 +391,16 @@ def _element(row, image, orig_hw, ok, error) -> Element:
         tf.ensure_shape(t, s) for t, s in ((orig_hw, (2,)), (ok, ()), (error, ()))
     )
     return {"row": row, "image": image, "orig_hw": orig_hw, "ok": ok, "error": error}
+
+
+def _with_size(rgb: tf.Tensor, hw: tf.Tensor) -> tf.Tensor:
+    """rgb (h0,w0,C) itself when (h0,w0) == hw, else an InvalidArgumentError, without a
+    stateful Assert (see STATELESS): the slice fails when hw exceeds (h0,w0) on an axis, the
+    reshape when the element counts differ; together they leave only equality. (A slice of
+    the whole tensor is the tensor: nothing is copied.)"""
+    size = tf.concat([hw, tf.shape(rgb)[2:]], axis=0)  # (3,)
+    inside = tf.slice(rgb, tf.zeros_like(size), size)  # (h,w,C) when h <= h0 and w <= w0
+    return tf.reshape(inside, tf.shape(rgb))  # h*w == h0*w0
 
 
 def _sniff_tf(paths: Sequence[str], side: int, max_pixels: int, pillow_only: bool):
@@ -402,7 +420,10 @@ def _sniff_tf(paths: Sequence[str], side: int, max_pixels: int, pillow_only: boo
 
     def sniff_tf(rows: tf.Tensor) -> tuple[tf.Tensor, ...]:
         kinds, sizes, names = tf.numpy_function(
-            route, [rows], [tf.int32, tf.int32, tf.string], stateful=True
+            route,
+            [rows],
+            [tf.int32, tf.int32, tf.string],
+            stateful=False,  # see STATELESS
         )
         n = tf.shape(rows)[0]
         return rows, tf.ensure_shape(kinds, (None,)), tf.reshape(sizes, (n, 2)), names
@@ -427,8 +448,8 @@ def _decode_tf(paths: Sequence[str], shape: tuple[int, int, int], max_pixels: in
         rgb = decode_fast(tf.io.read_file(path), kind)  # (h0,w0,3)
         ratio = tf.where(kind <= JPEG_8, tf.bitwise.left_shift(1, kind - JPEG_1), 1)
         expect = -(-orig_hw // ratio)  # libjpeg's scaled size rounds up, as Pillow's draft
-        with tf.control_dependencies([tf.debugging.assert_equal(tf.shape(rgb)[:2], expect)]):
-            image = pil_luma(rgb) if channels == 1 else tf.identity(rgb)
+        rgb = _with_size(rgb, expect)
+        image = pil_luma(rgb) if channels == 1 else rgb
         return image, rgb, orig_hw, tf.constant(True), tf.constant("")
 
     def decode_tf(row: tf.Tensor, kind: tf.Tensor, orig_hw: tf.Tensor, path: tf.Tensor) -> Element:

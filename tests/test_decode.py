@@ -205,3 +205,39 @@ def test_overlay_base_from_tf_data_gives_the_renderers_pixels(tmp_path, name):
     save_overlay(tmp_path / "from_base.jpg", path, heat, style, base)
     save_overlay(tmp_path / "reopened.jpg", path, heat, style)
     assert (tmp_path / "from_base.jpg").read_bytes() == (tmp_path / "reopened.jpg").read_bytes()
+
+
+def _stateful_ops(dataset: tf.data.Dataset) -> set[str]:
+    """The stateful ops in the functions of a dataset's graph (TF's op registry decides)."""
+    from tensorflow.core.framework import graph_pb2
+    from tensorflow.python.framework import op_def_registry
+
+    graph = graph_pb2.GraphDef.FromString(dataset._as_serialized_graph().numpy())
+    ops = {node.op for f in graph.library.function for node in f.node_def}
+    defs = {op: op_def_registry.get(op) for op in ops}  # None: a library function, seen above
+    return {op for op, op_def in defs.items() if op_def is not None and op_def.is_stateful}
+
+
+@pytest.mark.parametrize("resize,base_side", [("bilinear", 0), ("bilinear", 64), ("pillow", 0)])
+def test_dataset_functions_hold_no_stateful_op(tmp_path, resize, base_side):
+    """Under op determinism (deterministic=true, the default) tf.data runs every parallel map
+    serially and drops every prefetch buffer when any dataset function holds a stateful op (a
+    numpy_function not declared stateless, an Assert): the decoders then ran on one thread."""
+    paths = [str(tmp_path / "a.png")]
+    _photo(40, 30).save(paths[0])
+    pillow_only = resize == "bilinear" and base_side == 0  # the Pillow route inside the graph
+    for only in {False, pillow_only}:
+        data = DataConfig(resize=resize)
+        dataset = make_dataset(paths, None, (16, 16, 3), 1, data, only, base_side)
+        assert _stateful_ops(dataset) == set(), (resize, base_side, only)
+
+
+def test_the_fast_routes_size_check_accepts_only_the_headers_size():
+    """_with_size, the stateless stand-in for an Assert: the image itself when its size is the
+    header's, an InvalidArgumentError (its batch goes to Pillow) for any other size."""
+    check = tf.function(data_module._with_size, autograph=False)
+    image = tf.reshape(tf.range(4 * 6 * 3, dtype=tf.int32), (4, 6, 3))
+    np.testing.assert_array_equal(check(image, tf.constant([4, 6])), image)
+    for hw in ([6, 4], [4, 5], [3, 6], [5, 6], [2, 12], [8, 3]):  # swapped, smaller, same count
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            check(image, tf.constant(hw))
