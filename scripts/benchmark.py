@@ -628,16 +628,27 @@ class HostRun:
     steal_seconds: float = 0.0  # CPU time the hypervisor gave elsewhere meanwhile (all CPUs)
 
 
-def host_model(path: Path, seed: int) -> Path:
-    """A seeded 224x224 classifier: four strided convs, global average pooling, Dense(1000)."""
+HOST_MODELS = {  # --host-model: (filters, stride) of each conv; both end on a 14x14 grid
+    "tiny": [(16, 2), (32, 2), (64, 2), (128, 2)],  # 224 -> 112 -> 56 -> 28 -> 14
+    "micro": [(8, 8), (16, 2)],  # 224 -> 28 -> 14: almost no compute, as on a GPU
+}
+HOST_MODEL_TEXT = {
+    "tiny": "four strided convs + GAP + Dense(1000)",
+    "micro": "two convs, strides 8 and 2, + GAP + Dense(1000)",
+}
+
+
+def host_model(path: Path, seed: int, kind: str = "tiny") -> Path:
+    """A seeded 224x224 classifier: strided convs (HOST_MODELS[kind]), global average
+    pooling, Dense(1000)."""
     import keras  # here, not at the top: --help and --strategies never load TensorFlow
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((HOST_SIDE, HOST_SIDE, 3))
     x = inputs
-    for i, filters in enumerate((16, 32, 64, 128)):  # 224 -> 112 -> 56 -> 28 -> 14
+    for i, (filters, stride) in enumerate(HOST_MODELS[kind]):
         x = keras.layers.Conv2D(
-            filters, 3, strides=2, padding="same", activation="relu", name=f"conv{i + 1}"
+            filters, 3, strides=stride, padding="same", activation="relu", name=f"conv{i + 1}"
         )(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     keras.Model(inputs, keras.layers.Dense(1000, activation="softmax")(x)).save(path)
@@ -730,7 +741,7 @@ def host_benchmark(args: argparse.Namespace) -> int:
         write_manifest(work / "manifest.csv", images)
         (work / "files.txt").write_text("\n".join(str(p) for p in images), encoding="utf-8")
         (work / "plain.py").write_text(PLAIN_SCRIPT, encoding="utf-8")
-        model = host_model(work / "tiny.keras", args.seed)
+        model = host_model(work / f"{args.host_model}.keras", args.seed, args.host_model)
         probe = [file_create_ms(work / "probe-start")]
         runs = host_rounds(args, work, model, variants)
         probe.append(file_create_ms(work / "probe-end"))
@@ -814,6 +825,7 @@ def host_summary(
         },
         "variants": note,
         "n": args.n,
+        "host_model": args.host_model,
         "batch_size": args.batch_size,
         "repeat": args.repeat,
         "overrides": args.set,
@@ -832,9 +844,10 @@ def print_host(summary: dict) -> None:
     """--host's table: per variant, whole-process and CPU seconds, steady images/s (medians)."""
     n, batch = summary["n"], summary["batch_size"]
     print(
-        f"\n{n} JPEGs {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, tiny {HOST_SIDE}x{HOST_SIDE} model (four "
-        f"strided convs + GAP + Dense(1000)), batch {batch}, {summary['cpus']} CPU(s); medians "
-        f"of {summary['repeat']} rounds\n{summary['variants']}"
+        f"\n{n} JPEGs {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, {summary['host_model']} "
+        f"{HOST_SIDE}x{HOST_SIDE} model ({HOST_MODEL_TEXT[summary['host_model']]}), batch "
+        f"{batch}, {summary['cpus']} CPU(s); medians of {summary['repeat']} rounds\n"
+        f"{summary['variants']}"
     )
     names = list(summary["seconds"])
     width = max(len(name) for name in names)
@@ -1262,6 +1275,13 @@ def add_mode_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="instead: the host's work per image, whole processes: a plain tf.data + predict "
         "script against `python -m pipeline` variants, on a tiny 224x224 model",
+    )
+    parser.add_argument(
+        "--host-model",
+        choices=list(HOST_MODELS),
+        default="tiny",
+        help="--host: tiny (four strided convs, the issue's) or micro (two convs: the model "
+        "costs almost nothing, as on a GPU, so only the host's own work is left)",
     )
     parser.add_argument(
         "--soak",
