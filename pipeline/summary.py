@@ -85,16 +85,11 @@ def summary_table(columns: dict[str, list | np.ndarray | pa.Array]) -> pa.Table:
             arrays.append(pa.array([DEFAULTS[column.name]] * n, type=column.type))
         elif values is None:
             arrays.append(pa.nulls(n, column.type))
-        elif isinstance(values, (pa.Array, pa.ChunkedArray)):
-            values = _combined(values)
+        elif isinstance(values, pa.Array):
             arrays.append(values if values.type == column.type else values.cast(column.type))
         else:
             arrays.append(pa.array(values, type=column.type, from_pandas=True))
     return pa.Table.from_arrays(arrays, schema=SUMMARY_SCHEMA)
-
-
-def _combined(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def error_kinds(errors: pd.Series, top: int = 5) -> list[tuple[str, int]]:
@@ -129,23 +124,23 @@ class RowContext:
     label_warnings: list[str | None]  # per manifest row
     class_names: list[str]
     method: str  # cam.name
-    manifest: pa.Table = field(init=False, repr=False)  # MANIFEST_COLUMNS, one row per row
+    manifest: pa.RecordBatch = field(init=False, repr=False)  # MANIFEST_COLUMNS + warning
     names: pa.Array = field(init=False, repr=False)  # class_names as strings
 
     def __post_init__(self) -> None:
-        table = self.table
-        values = {c: table[MANIFEST_COLUMNS.get(c, c)].tolist() for c in _MANIFEST_TYPES}
-        values["warning"] = self.label_warnings
-        arrays = [pa.array(v, type=_MANIFEST_TYPES.get(c, pa.string()), from_pandas=True)
-                  for c, v in values.items()]  # fmt: skip
-        object.__setattr__(self, "manifest", pa.Table.from_arrays(arrays, names=list(values)))
+        arrays = [
+            pa.array(self.table[MANIFEST_COLUMNS.get(c, c)], SUMMARY_SCHEMA.field(c).type,
+                     from_pandas=True)  # NaN boxes -> null
+            for c in _FROM_MANIFEST
+        ]  # fmt: skip
+        arrays.append(pa.array(self.label_warnings, pa.string()))
+        batch = pa.RecordBatch.from_arrays(arrays, names=[*_FROM_MANIFEST, "warning"])
+        object.__setattr__(self, "manifest", batch)
         object.__setattr__(self, "names", pa.array(self.class_names, pa.string()))
 
 
+_FROM_MANIFEST = ("id", "path", "label", "group", *BOX_COLUMNS)  # summary columns, as read
 MANIFEST_COLUMNS = {"path": "manifest_path"}  # summary column -> the manifest table's
-_MANIFEST_TYPES = {
-    c: SUMMARY_SCHEMA.field(c).type for c in ("id", "path", "label", "group", *BOX_COLUMNS)
-}
 
 
 @dataclass(frozen=True)
@@ -213,9 +208,10 @@ def batch_rows(batch: BatchResult, ctx: RowContext, files: FilePaths) -> pa.Tabl
     stats = exp.stats._asdict()
     hit = np.asarray(stats.pop("pointing_hit"))
     warnings = sub["warning"].to_pylist()
+    pred_index, target_index = _masked(pred.pred_index, ok), _masked(exp.target_index, ok)
     columns = {
         "row": batch.rows,
-        **{c: sub[c] for c in ("id", "path", "label", "group", *BOX_COLUMNS)},
+        **{c: sub[c] for c in _FROM_MANIFEST},
         "status": np.where(ok, "ok", "error").tolist(),
         "method": [ctx.method] * len(ok),
         "rank": batch.rank,
@@ -224,13 +220,13 @@ def batch_rows(batch: BatchResult, ctx: RowContext, files: FilePaths) -> pa.Tabl
         "label_index": _masked(labels, labels >= 0),
         "width": _masked(batch.orig_hw[:, 1], ok),
         "height": _masked(batch.orig_hw[:, 0], ok),
-        "pred_index": _masked(pred.pred_index, ok),
-        "pred_label": ctx.names.take(_masked(pred.pred_index, ok)),
+        "pred_index": pred_index,
+        "pred_label": ctx.names.take(pred_index),
         "pred_score": _masked(pred.pred_score, ok),
         "topk_index": _lists(pred.topk_index, ok),
         "topk_score": _lists(pred.topk_score, ok),
-        "target_index": _masked(exp.target_index, ok),
-        "target_label": ctx.names.take(_masked(exp.target_index, ok)),
+        "target_index": target_index,
+        "target_label": ctx.names.take(target_index),
         "target_score": _masked(exp.target_score, ok),
         "correct": _masked(pred.pred_index == labels, ok & (labels >= 0)),
         "heatmap_path": files.heatmap,
