@@ -628,13 +628,9 @@ class HostRun:
     steal_seconds: float = 0.0  # CPU time the hypervisor gave elsewhere meanwhile (all CPUs)
 
 
-HOST_MODELS = {  # --host-model: (filters, stride) of each conv; both end on a 14x14 grid
-    "tiny": [(16, 2), (32, 2), (64, 2), (128, 2)],  # 224 -> 112 -> 56 -> 28 -> 14
-    "micro": [(8, 8), (16, 2)],  # 224 -> 28 -> 14: almost no compute, as on a GPU
-}
-HOST_MODEL_TEXT = {
-    "tiny": "four strided convs + GAP + Dense(1000)",
-    "micro": "two convs, strides 8 and 2, + GAP + Dense(1000)",
+HOST_MODELS = {  # --host-model: ((filters, stride) of each conv, description); both end on 14x14
+    "tiny": ([(16, 2), (32, 2), (64, 2), (128, 2)], "four strided convs + GAP + Dense(1000)"),
+    "micro": ([(8, 8), (16, 2)], "two convs, strides 8 and 2, + GAP + Dense(1000)"),  # ~no compute
 }
 
 
@@ -646,7 +642,7 @@ def host_model(path: Path, seed: int, kind: str = "tiny") -> Path:
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((HOST_SIDE, HOST_SIDE, 3))
     x = inputs
-    for i, (filters, stride) in enumerate(HOST_MODELS[kind]):
+    for i, (filters, stride) in enumerate(HOST_MODELS[kind][0]):
         x = keras.layers.Conv2D(
             filters, 3, strides=stride, padding="same", activation="relu", name=f"conv{i + 1}"
         )(x)
@@ -845,7 +841,7 @@ def print_host(summary: dict) -> None:
     n, batch = summary["n"], summary["batch_size"]
     print(
         f"\n{n} JPEGs {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, {summary['host_model']} "
-        f"{HOST_SIDE}x{HOST_SIDE} model ({HOST_MODEL_TEXT[summary['host_model']]}), batch "
+        f"{HOST_SIDE}x{HOST_SIDE} model ({HOST_MODELS[summary['host_model']][1]}), batch "
         f"{batch}, {summary['cpus']} CPU(s); medians of {summary['repeat']} rounds\n"
         f"{summary['variants']}"
     )
