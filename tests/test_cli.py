@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gc
 import subprocess
+import sys
 import weakref
 
 import pytest
 from conftest import run_cli, write_csv
 
+from pipeline.cli import audit
 from pipeline.cli.audit import _freeze_heap
 
 
@@ -139,3 +141,35 @@ def test_a_later_jobs_freeze_collects_the_earlier_jobs_garbage_first():
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_the_entry_points_imports_run_without_the_collector_and_end_frozen(monkeypatch):
+    """precheck (which imports TensorFlow) runs with automatic collection off; what it leaves
+    alive is frozen; the collector is back on afterwards, and also when precheck exits."""
+    seen = []
+
+    def precheck(argv: list[str]) -> None:
+        seen.append(gc.isenabled())
+        sys.modules.setdefault("_imported_by_precheck", _Cycle())  # lives on, like a module
+
+    def entry(**_) -> object:
+        return lambda task: lambda: seen.append(gc.isenabled())
+
+    monkeypatch.setattr(audit, "precheck", precheck)
+    monkeypatch.setattr(audit.hydra, "main", entry)
+    monkeypatch.setattr(sys, "argv", ["gradcam-audit"])
+    try:
+        audit.main()
+        assert seen == [False, True]
+        assert gc.get_freeze_count() > 0 and gc.isenabled()
+
+        def fails(argv: list[str]) -> None:
+            raise SystemExit(2)
+
+        monkeypatch.setattr(audit, "precheck", fails)
+        with pytest.raises(SystemExit):
+            audit.main()
+        assert gc.isenabled()
+    finally:
+        sys.modules.pop("_imported_by_precheck", None)
+        gc.unfreeze()
