@@ -43,12 +43,18 @@ def atomic_write_file(path: Path, write) -> None:
     """Call write(file), a binary file open on a temporary named by process and thread
     (.<name>.<pid>-<thread>.tmp, which resume's cleanup knows), then rename it onto `path`:
     one open, no mkstemp probing. Pillow encodes straight into such a file without the GIL
-    (into memory it holds the GIL), so an overlay's JPEG encode no longer stalls the loop."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    (into memory it holds the GIL), so an overlay's JPEG encode no longer stalls the loop.
+    The folder is made only when the open finds it missing: a mkdir per file was a system call
+    and a path walk for each of thousands of overlays."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
 
     def opened(name: str) -> None:
-        with open(name, "wb") as file:
+        try:
+            file = open(name, "wb")
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            file = open(name, "wb")
+        with file:
             write(file)
 
     _write_then_rename(str(tmp), path, opened)

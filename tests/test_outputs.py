@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from PIL import Image
 from pipeline.cli.overlays import main as overlays_main
 from pipeline.config import ReportConfig
 from pipeline.faults import ENV
-from pipeline.outputs import jet_lut
+from pipeline.outputs import atomic_write_file, jet_lut
 from pipeline.overlays import OverlayStyle, blend_map, overlay_mode, report_rows, save_overlay
 from pipeline.report.audit import misclassified_rows
 from pipeline.report.html import CLUSTER_EXAMPLES
@@ -40,6 +41,25 @@ def test_overlay_is_jet_of_the_bilinear_map_blended_with_alpha():
     up = np.asarray(Image.fromarray(heat, "F").resize((30, 20), Image.BILINEAR))
     expected = 0.6 * 100 + 0.4 * jet_lut()[np.round(np.clip(up, 0, 1) * 255).astype(int)]
     np.testing.assert_allclose(out, expected, atol=2)  # a level apart at most: float order
+
+
+def test_a_file_write_makes_its_folder_only_when_the_folder_is_missing(tmp_path, monkeypatch):
+    made = []
+    mkdir = Path.mkdir
+
+    def counted(self: Path, *args, **kwargs) -> None:
+        made.append(self)
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", counted)
+    first = tmp_path / "overlays" / "deeper" / "a.jpg"
+    atomic_write_file(first, lambda file: file.write(b"a"))
+    assert made[0] == first.parent  # (pathlib makes the missing parents by calling itself)
+    del made[:]
+    atomic_write_file(first.with_name("b.jpg"), lambda file: file.write(b"b"))
+    assert made == []  # the folder is there now: no mkdir for the second file
+    assert first.read_bytes() == b"a" and first.with_name("b.jpg").read_bytes() == b"b"
+    assert sorted(p.name for p in first.parent.iterdir()) == ["a.jpg", "b.jpg"]  # no temporary
 
 
 def test_overlay_mode():
