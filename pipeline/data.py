@@ -85,6 +85,7 @@ def tf_bilinear(image: tf.Tensor, out_h: int, out_w: int) -> tf.Tensor:
 PILLOW, JPEG_1, JPEG_2, JPEG_4, JPEG_8, PNG, BMP, GIF = range(8)
 JPEG_RATIOS = {1: JPEG_1, 2: JPEG_2, 4: JPEG_4, 8: JPEG_8}
 HEAD_BYTES = 65536  # a JPEG header (Exif included) longer than this takes the Pillow route
+FIRST_BYTES = 4096  # read first: most headers end before this (27-38 against 45-47 us a file)
 SNIFF_BATCH = 64  # rows sniffed per Python call (one call per row costs more than the sniff)
 routes_taken: Counter[str] = Counter()  # "fast" / "pillow" rows since import (tests read it)
 _routes_lock = threading.Lock()
@@ -233,11 +234,15 @@ def sniff(path: str, max_pixels: int, side: int) -> tuple[int, int, int]:
     Reads the header only (GIFs whole); any doubt, and any error, means PILLOW."""
     try:
         with open(path, "rb") as f:
-            head, nbytes = f.read(HEAD_BYTES), os.fstat(f.fileno()).st_size
+            head, nbytes = f.read(FIRST_BYTES), os.fstat(f.fileno()).st_size
             route, size = PILLOW, None
             if head[:3] == b"\xff\xd8\xff":
                 f.seek(max(nbytes - 2, 0))
-                size = jpeg_size(head) if f.read(2) == b"\xff\xd9" else None
+                whole = f.read(2) == b"\xff\xd9"
+                size = jpeg_size(head) if whole else None
+                if size is None and whole and len(head) < min(nbytes, HEAD_BYTES):
+                    f.seek(0)  # a longer header (an Exif thumbnail, say): read up to HEAD_BYTES
+                    size = jpeg_size(f.read(HEAD_BYTES))
                 scale = min(size[1] // side, size[0] // side) if size else 0
                 route = next((JPEG_RATIOS[r] for r in (8, 4, 2, 1) if scale >= r), JPEG_1)
             elif head[:8] == b"\x89PNG\r\n\x1a\n":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from PIL import Image
 
 from pipeline import data as data_module
 from pipeline.config import DataConfig
-from pipeline.data import PILLOW, bases, batches, make_dataset, sniff
+from pipeline.data import FIRST_BYTES, PILLOW, bases, batches, make_dataset, sniff
 from pipeline.overlays import OverlayStyle, save_overlay
 
 BIG = 10**9
@@ -64,6 +65,7 @@ CASES = {
     "jpeg_gray": lambda p: _photo().convert("L").save(p, "JPEG", quality=90),
     "jpeg_draft_4": lambda p: _photo(1600, 1200).save(p, "JPEG", quality=90),  # libjpeg scale
     "jpeg_exif_1": lambda p: _photo().save(p, "JPEG", exif=_exif(1)),
+    "jpeg_exif_1_long": lambda p: _photo().save(p, "JPEG", exif=_exif(1, FIRST_BYTES * 3)),
     "png_rgb": lambda p: _photo(61, 47).save(p, "PNG"),
     "png_gray": lambda p: _photo(61, 47).convert("L").save(p, "PNG"),
     "png_gray_alpha": lambda p: _photo(61, 47).convert("LA").save(p, "PNG"),
@@ -77,9 +79,13 @@ CASES = {
 }
 
 
-def _exif(orientation: int) -> Image.Exif:
+def _exif(orientation: int, padding: int = 0) -> Image.Exif:
+    """An Exif block with this orientation; `padding` bytes of ImageDescription make it long
+    (the header then ends past the sniff's first read)."""
     exif = Image.Exif()
     exif[0x0112] = orientation
+    if padding:
+        exif[0x010E] = "x" * padding
     return exif
 
 
@@ -97,12 +103,14 @@ def test_fast_route_gives_pillow_pixels(tmp_path, name):
         np.testing.assert_array_equal(images[0], _by_hand(path, shape), err_msg=f"{shape}")
 
 
+@pytest.mark.parametrize("padding", [0, FIRST_BYTES * 3], ids=["short_exif", "long_exif"])
 @pytest.mark.parametrize("orientation", [3, 6, 8])
-def test_exif_rotated_jpeg_is_upright_and_takes_pillow(tmp_path, orientation):
+def test_exif_rotated_jpeg_is_upright_and_takes_pillow(tmp_path, orientation, padding):
     img = Image.new("RGB", (80, 60), (30, 30, 200))
     img.paste((200, 30, 30), (0, 0, 40, 60))  # left half red
     path = str(tmp_path / "rot.jpg")
-    img.save(path, "JPEG", quality=95, exif=_exif(orientation))
+    img.save(path, "JPEG", quality=95, exif=_exif(orientation, padding))
+    assert padding == 0 or Path(path).read_bytes()[:FIRST_BYTES].count(b"\xff\xda") == 0
     images, taken = _routes([path], (40, 40, 3))
     assert taken == {"fast": 0, "pillow": 1}
     np.testing.assert_array_equal(images[0], _pillow(path, (40, 40, 3)))
