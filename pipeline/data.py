@@ -349,7 +349,14 @@ def batches(
 ) -> Iterator[Element]:
     """make_dataset's batches of `rows`; a batch that fails in the graph (TF's decoder refused a
     file the sniff passed, e.g. a PNG with a bad CRC that Pillow reads) is read again with
-    Pillow alone, so no file can stop a run."""
+    Pillow alone, so no file can stop a run.
+
+    EXIT: close this generator when done with it, before the interpreter exits. tf.data decodes
+    ahead in parallel, and its iterator's destructor waits for the decoding calls in flight; a
+    numpy_function call that starts while the interpreter is shutting down never returns (the
+    thread taking the GIL is ended), so an iterator left to the final collection waits forever.
+    That hung stopped runs after "stopped by SIGTERM" (about one stop in twenty in the tests):
+    their exception kept the loop's frame, and this generator with it, in a reference cycle."""
     rows = list(rows)
     found = iter(make_dataset(paths, rows, shape, batch_size, data, base_side=base_side))
     for start in range(0, len(rows), batch_size):

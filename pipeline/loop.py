@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, replace
@@ -197,10 +197,13 @@ class BatchLoop:
             dynamic_ncols=True,
         )
         committer, pool = Committer(self.store, self.out), writer_pool(self.s.writer_threads)
-        dataset = self._dataset(todo)
         start, first = time.perf_counter(), None
         try:
-            with closing(one_ahead(self._compute, dataset)) as results:
+            # the dataset closed here, whatever ends the loop (see data.batches: EXIT)
+            with (
+                closing(self._dataset(todo)) as dataset,
+                closing(one_ahead(self._compute, dataset)) as results,
+            ):
                 for result in results:
                     if self._stopping(committer, result):
                         break  # a stop signal: this batch starts a new chunk, or time is up
@@ -238,7 +241,7 @@ class BatchLoop:
     def _rows(self, chunk: int) -> list[int]:
         return [int(r) for r in self.store.chunk_rows_of(chunk)]
 
-    def _dataset(self, todo: list[int]) -> Iterator[dict[str, tf.Tensor]]:
+    def _dataset(self, todo: list[int]) -> Generator[dict[str, tf.Tensor], None, None]:
         shape = (*self.loaded.input_size, self.loaded.channels)
         paths = self.table["path"].tolist()
         side = self.s.overlay_style.max_side if self._base_side() else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 
 from pipeline import load_heatmaps
 from pipeline.errors import ConfigError
+from pipeline.loop import BatchLoop
 from pipeline.outputs import safe_name
 from pipeline.run import run
 from pipeline.summary import SUMMARY_SCHEMA
@@ -75,6 +77,32 @@ def _jpeg(path) -> bytes:
     buf = io.BytesIO()
     Image.open(path).convert("RGB").save(buf, "JPEG")
     return buf.getvalue()
+
+
+def test_a_run_that_ends_early_closes_its_dataset_before_the_error_leaves(audit, monkeypatch):
+    """Whatever ends the batch loop early (here an output error on its second batch; a stop
+    signal takes the same way out), its tf.data generator is closed before run() ends. Left
+    open, the exception's frames keep it in a cycle that only the interpreter's exit frees, and
+    there its iterator's destructor waits forever for decoding calls the shutdown has ended
+    (data.batches: EXIT)."""
+    made, emitted = [], []
+    dataset, emit = BatchLoop._dataset, BatchLoop._emit
+
+    def recorded(self: BatchLoop, todo: list[int]):
+        made.append(dataset(self, todo))
+        return made[-1]
+
+    def failing(self: BatchLoop, result, pool):
+        emitted.append(result)
+        if len(emitted) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device (test)")
+        return emit(self, result, pool)
+
+    monkeypatch.setattr(BatchLoop, "_dataset", recorded)
+    monkeypatch.setattr(BatchLoop, "_emit", failing)
+    with pytest.raises(OSError, match="No space left"):
+        audit("batch_size=2")  # 7 batches: the loop ends with batches still to come
+    assert len(made) == 1 and made[0].gi_frame is None  # closed, its iterator released
 
 
 def test_one_row_per_manifest_row_in_order_with_schema(audit):
