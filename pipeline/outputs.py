@@ -7,12 +7,16 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 from pipeline.faults import checkpoint
+
+T = TypeVar("T")
 
 
 def jet_lut() -> np.ndarray:
@@ -31,10 +35,23 @@ def safe_name(row: int, row_id: str, max_len: int = 80) -> str:
     return f"{row:07d}-{slug[-max_len:]}"
 
 
+def _in_its_folder(path: Path, make: Callable[[], T]) -> T:
+    """make(), which creates a file beside `path`; when the folder is missing, the folder is
+    made and make() called again. A mkdir before every file was a system call and a path walk
+    for each of thousands of overlays or per-row maps; now only a folder's first file pays."""
+    try:
+        return make()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return make()
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path), then rename onto `path`: readers never see a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}."
+    fd, tmp = _in_its_folder(
+        path, lambda: tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    )
     os.close(fd)
     _write_then_rename(tmp, path, write)
 
@@ -43,18 +60,11 @@ def atomic_write_file(path: Path, write) -> None:
     """Call write(file), a binary file open on a temporary named by process and thread
     (.<name>.<pid>-<thread>.tmp, which resume's cleanup knows), then rename it onto `path`:
     one open, no mkstemp probing. Pillow encodes straight into such a file without the GIL
-    (into memory it holds the GIL), so an overlay's JPEG encode no longer stalls the loop.
-    The folder is made only when the open finds it missing: a mkdir per file was a system call
-    and a path walk for each of thousands of overlays."""
+    (into memory it holds the GIL), so an overlay's JPEG encode no longer stalls the loop."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
 
     def opened(name: str) -> None:
-        try:
-            file = open(name, "wb")
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            file = open(name, "wb")
-        with file:
+        with _in_its_folder(path, lambda: open(name, "wb")) as file:
             write(file)
 
     _write_then_rename(str(tmp), path, opened)

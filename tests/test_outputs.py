@@ -21,7 +21,7 @@ from PIL import Image
 from pipeline.cli.overlays import main as overlays_main
 from pipeline.config import ReportConfig
 from pipeline.faults import ENV
-from pipeline.outputs import atomic_write_file, jet_lut
+from pipeline.outputs import atomic_write, atomic_write_file, jet_lut
 from pipeline.overlays import OverlayStyle, blend_map, overlay_mode, report_rows, save_overlay
 from pipeline.report.audit import misclassified_rows
 from pipeline.report.html import CLUSTER_EXAMPLES
@@ -43,7 +43,17 @@ def test_overlay_is_jet_of_the_bilinear_map_blended_with_alpha():
     np.testing.assert_allclose(out, expected, atol=2)  # a level apart at most: float order
 
 
-def test_a_file_write_makes_its_folder_only_when_the_folder_is_missing(tmp_path, monkeypatch):
+WRITERS = {  # both atomic writers, writing `data` to `path`
+    "atomic_write": lambda path, data: atomic_write(path, lambda tmp: Path(tmp).write_bytes(data)),
+    "atomic_write_file": lambda path, data: atomic_write_file(path, lambda f: f.write(data)),
+}
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_a_file_write_makes_its_folder_only_when_the_folder_is_missing(
+    tmp_path, monkeypatch, writer
+):
+    write = WRITERS[writer]
     made = []
     mkdir = Path.mkdir
 
@@ -53,10 +63,10 @@ def test_a_file_write_makes_its_folder_only_when_the_folder_is_missing(tmp_path,
 
     monkeypatch.setattr(Path, "mkdir", counted)
     first = tmp_path / "overlays" / "deeper" / "a.jpg"
-    atomic_write_file(first, lambda file: file.write(b"a"))
+    write(first, b"a")
     assert made[0] == first.parent  # (pathlib makes the missing parents by calling itself)
     del made[:]
-    atomic_write_file(first.with_name("b.jpg"), lambda file: file.write(b"b"))
+    write(first.with_name("b.jpg"), b"b")
     assert made == []  # the folder is there now: no mkdir for the second file
     assert first.read_bytes() == b"a" and first.with_name("b.jpg").read_bytes() == b"b"
     assert sorted(p.name for p in first.parent.iterdir()) == ["a.jpg", "b.jpg"]  # no temporary
